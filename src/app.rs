@@ -1,0 +1,147 @@
+//! Wiring: start-up, the three threads, and shutdown on SIGTERM / SIGINT.
+//!
+//! Two consumer threads (one per command topic) and one producer thread, joined by an
+//! `mpsc` channel. A signal stops the consumers after the batch in flight; the producer
+//! thread then flushes and the consumers' last offsets are committed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::kafka;
+use crate::pipeline::{CommandLoop, CommandTopic, run_producer};
+use crate::records::{AnswerEncoder, CommandDecoder, registry_settings};
+use crate::storage;
+
+/// Runs the handler until a signal (Ok) or a failure it cannot recover from (Err).
+pub fn run(config: Config) -> Result<(), String> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // A second signal while shutting down exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&shutdown))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&shutdown)))
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    info!(
+        "starting: brokers {}, topics {:?}, group {}, TLS {}, batch size {}",
+        config.kafka_brokers,
+        config.topics,
+        config.client_id,
+        if config.tls.is_some() { "on" } else { "off" },
+        config.batch_size
+    );
+
+    let pool = storage::pool(config.database_url.expose(), config.db_pool_size);
+    if !migrate(&pool, &shutdown) {
+        info!("stopped before the database was ready");
+        return Ok(());
+    }
+
+    let registry = registry_settings(config.schema_registry_url.expose())
+        .map_err(|e| format!("invalid configuration: SCHEMA_REGISTRY_URL: {e}"))?;
+    let producer = kafka::answer_producer(&config)
+        .map_err(|e| format!("cannot create Kafka producer: {e}"))?;
+    let (publish, requests) = mpsc::channel();
+    let encoder = AnswerEncoder::new(registry.clone());
+    let producer_thread = thread::Builder::new()
+        .name("producer".into())
+        .spawn(move || run_producer(producer, encoder, requests))
+        .map_err(|e| e.to_string())?;
+
+    let mut consumer_threads = Vec::new();
+    for kind in [CommandTopic::AccountCreation, CommandTopic::MoneyTransfer] {
+        let topic = match kind {
+            CommandTopic::AccountCreation => &config.topics.account_creation_commands,
+            CommandTopic::MoneyTransfer => &config.topics.money_transfer_commands,
+        };
+        let consumer = kafka::command_consumer(&config, topic)
+            .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?;
+        let command_loop = CommandLoop {
+            kind,
+            consumer,
+            decoder: CommandDecoder::new(registry.clone()),
+            pool: pool.clone(),
+            topics: config.topics.clone(),
+            publish: publish.clone(),
+            shutdown: Arc::clone(&shutdown),
+            batch_size: config.batch_size,
+        };
+        let shutdown = Arc::clone(&shutdown);
+        let name = format!("{kind:?}").to_lowercase();
+        let handle = thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let outcome = command_loop.run();
+                // One loop failing stops the other: the process exits and restarts whole.
+                shutdown.store(true, Ordering::Release);
+                outcome
+            })
+            .map_err(|e| e.to_string())?;
+        consumer_threads.push(handle);
+    }
+    drop(publish);
+    info!("running");
+
+    let mut failure = None;
+    for handle in consumer_threads {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(stopped)) => failure = Some(stopped.to_string()),
+            Err(_) => failure = Some("a consumer thread panicked".to_string()),
+        }
+    }
+    if producer_thread.join().is_err() {
+        failure.get_or_insert_with(|| "the producer thread panicked".to_string());
+    }
+    match failure {
+        None => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+        Some(why) => Err(why),
+    }
+}
+
+/// Runs the migrations, waiting for the database with backoff; false on shutdown.
+fn migrate(pool: &storage::PgPool, shutdown: &AtomicBool) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = pool
+            .get()
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| storage::run_migrations(&mut conn));
+        match result {
+            Ok(applied) if applied.is_empty() => {
+                info!("database schema is up to date");
+                return true;
+            }
+            Ok(applied) => {
+                info!("applied migrations: {}", applied.join(", "));
+                return true;
+            }
+            Err(why) => {
+                warn!("database not ready, retrying in {delay:?}: {why}");
+                let until = std::time::Instant::now() + delay;
+                while std::time::Instant::now() < until {
+                    if shutdown.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Logs a failure to start and exits non-zero; used by `main`.
+pub fn exit_with(message: &str) -> ! {
+    error!("{message}");
+    eprintln!("command-handler: {message}");
+    std::process::exit(1)
+}

@@ -1,0 +1,392 @@
+//! Configuration from environment variables (SPEC §6), parsed once at start-up.
+//!
+//! Every variable of the JVM handler keeps its name and default. Invalid values stop
+//! start-up with one message naming the variable. Secrets live in [`Secret`], whose
+//! `Debug`/`Display` never show the value, so a logged `Config` cannot leak them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A value that must never appear in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub account_creation_commands: String,
+    pub account_creation_feedback: String,
+    pub money_transfer_commands: String,
+    pub money_transfer_feedback: String,
+    pub balance_changed: String,
+    pub dead_letter: String,
+}
+
+/// PEM files for mutual TLS to the brokers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_location: PathBuf,
+    pub certificate_location: PathBuf,
+    pub key_location: PathBuf,
+    pub key_password: Secret,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub kafka_brokers: String,
+    /// May carry credentials (`https://key:secret@host`), hence a secret.
+    pub schema_registry_url: Secret,
+    /// A PostgreSQL URL or libpq connection string, with the password in it.
+    pub database_url: Secret,
+    pub topics: Topics,
+    /// Client id, and also the consumer group id (as the JVM handler did).
+    pub client_id: String,
+    pub tls: Option<TlsFiles>,
+    /// Most commands applied in one database transaction.
+    pub batch_size: usize,
+    pub producer_linger_ms: u32,
+    pub db_pool_size: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: {}: {}",
+            self.variable, self.problem
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Database name and user of the JVM deployments, reached through the DB_* trio.
+pub const DATABASE_NAME: &str = "balancedb";
+pub const DEFAULT_DB_USER: &str = "clojure_ch";
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Parses the configuration from any variable source (tests pass a map, so no test
+    /// touches the process environment).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let vars = Vars(&lookup);
+        let topics = Topics {
+            account_creation_commands: vars.topic("KAFKA_CAC_TOPIC", "confirm_account_creation")?,
+            account_creation_feedback: vars
+                .topic("KAFKA_ACF_TOPIC", "account_creation_feedback")?,
+            money_transfer_commands: vars.topic("KAFKA_CMT_TOPIC", "confirm_money_transfer")?,
+            money_transfer_feedback: vars.topic("KAFKA_MTF_TOPIC", "money_transfer_feedback")?,
+            balance_changed: vars.topic("KAFKA_BC_TOPIC", "balance_changed")?,
+            dead_letter: vars.topic("KAFKA_DEAD_LETTER_TOPIC", "command_handler_dead_letter")?,
+        };
+        if topics.account_creation_commands == topics.money_transfer_commands {
+            return Err(ConfigError {
+                variable: "KAFKA_CMT_TOPIC",
+                problem: "must differ from KAFKA_CAC_TOPIC".into(),
+            });
+        }
+
+        let schema_registry_url = vars.text("SCHEMA_REGISTRY_URL", "http://localhost:8081")?;
+        if !(schema_registry_url.starts_with("http://")
+            || schema_registry_url.starts_with("https://"))
+        {
+            return Err(ConfigError {
+                variable: "SCHEMA_REGISTRY_URL",
+                problem: "must start with http:// or https://".into(),
+            });
+        }
+
+        Ok(Config {
+            kafka_brokers: vars.text("KAFKA_BROKERS", "127.0.0.1:9092")?,
+            schema_registry_url: Secret(schema_registry_url),
+            database_url: vars.database_url()?,
+            topics,
+            client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
+            tls: vars.tls()?,
+            batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
+            producer_linger_ms: vars.number("KAFKA_LINGER_MS", 5, 0, 60_000)? as u32,
+            db_pool_size: vars.number("DB_POOL_SIZE", 4, 2, 100)? as u32,
+        })
+    }
+}
+
+struct Vars<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
+    /// The variable's value; unset and empty both mean "not given".
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|value| !value.is_empty())
+    }
+
+    fn text(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let value = self.get(name).unwrap_or_else(|| default.to_string());
+        if value.trim() != value {
+            return Err(ConfigError {
+                variable: name,
+                problem: "has leading or trailing white space".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(text) = self.get(name) else {
+            return Ok(default);
+        };
+        match text.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ConfigError {
+                variable: name,
+                problem: format!("must be a whole number from {min} to {max}"),
+            }),
+        }
+    }
+
+    fn topic(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
+        let topic = self.text(name, default)?;
+        let legal = topic.len() <= 249
+            && topic != "."
+            && topic != ".."
+            && topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if !legal {
+            return Err(ConfigError {
+                variable: name,
+                problem:
+                    "is not a legal Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"
+                        .into(),
+            });
+        }
+        Ok(topic)
+    }
+
+    fn database_url(&self) -> Result<Secret, ConfigError> {
+        if let Some(url) = self.get("DATABASE_URL") {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError {
+                    variable: "DATABASE_URL",
+                    problem: "must start with postgres:// or postgresql://".into(),
+                });
+            }
+            return Ok(Secret(url));
+        }
+        let host = self.text("DB_HOSTNAME", "localhost")?;
+        let port = self.number("DB_PORT", 5432, 1, 65_535)?;
+        let user = self.text("DB_USER", DEFAULT_DB_USER)?;
+        let password = self
+            .get("DB_PASSWORD")
+            .unwrap_or_else(|| "open-bank".to_string());
+        // A libpq key=value string: no URL-escaping pitfalls for passwords.
+        Ok(Secret(format!(
+            "host={} port={port} dbname={DATABASE_NAME} user={} password={}",
+            conninfo_value(&host),
+            conninfo_value(&user),
+            conninfo_value(&password)
+        )))
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        const NAMES: [&str; 4] = [
+            "KAFKA_SSL_CA_LOCATION",
+            "KAFKA_SSL_CERT_LOCATION",
+            "KAFKA_SSL_KEY_LOCATION",
+            "KAFKA_SSL_KEY_PASSWORD",
+        ];
+        let values: Vec<Option<String>> = NAMES.iter().map(|name| self.get(name)).collect();
+        if values.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some(missing) = NAMES
+            .iter()
+            .zip(&values)
+            .find(|(_, v)| v.is_none())
+            .map(|(n, _)| *n)
+        {
+            return Err(ConfigError {
+                variable: missing,
+                problem: "mutual TLS needs all four KAFKA_SSL_* variables; this one is missing"
+                    .into(),
+            });
+        }
+        let file = |index: usize| -> Result<PathBuf, ConfigError> {
+            let path = PathBuf::from(values[index].clone().unwrap_or_default());
+            if !path.is_file() {
+                return Err(ConfigError {
+                    variable: NAMES[index],
+                    problem: format!("{} is not a readable file", path.display()),
+                });
+            }
+            Ok(path)
+        };
+        Ok(Some(TlsFiles {
+            ca_location: file(0)?,
+            certificate_location: file(1)?,
+            key_location: file(2)?,
+            key_password: Secret(values[3].clone().unwrap_or_default()),
+        }))
+    }
+}
+
+/// Quotes a libpq connection-string value.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_those_of_the_jvm_handler() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.kafka_brokers, "127.0.0.1:9092");
+        assert_eq!(config.schema_registry_url.expose(), "http://localhost:8081");
+        assert_eq!(config.client_id, "command-handler");
+        assert_eq!(
+            config.database_url.expose(),
+            "host='localhost' port=5432 dbname=balancedb user='clojure_ch' password='open-bank'"
+        );
+        assert_eq!(
+            config.topics.account_creation_commands,
+            "confirm_account_creation"
+        );
+        assert_eq!(
+            config.topics.account_creation_feedback,
+            "account_creation_feedback"
+        );
+        assert_eq!(
+            config.topics.money_transfer_commands,
+            "confirm_money_transfer"
+        );
+        assert_eq!(
+            config.topics.money_transfer_feedback,
+            "money_transfer_feedback"
+        );
+        assert_eq!(config.topics.balance_changed, "balance_changed");
+        assert_eq!(config.tls, None);
+        assert_eq!(config.batch_size, 100);
+    }
+
+    #[test]
+    fn database_url_wins_over_the_trio() {
+        let config = parse(&[
+            ("DATABASE_URL", "postgres://u:p@db/x"),
+            ("DB_HOSTNAME", "elsewhere"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_url.expose(), "postgres://u:p@db/x");
+    }
+
+    #[test]
+    fn trio_builds_a_quoted_connection_string() {
+        let config = parse(&[
+            ("DB_HOSTNAME", "db.internal"),
+            ("DB_PORT", "6543"),
+            ("DB_PASSWORD", "it's\\x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.database_url.expose(),
+            r"host='db.internal' port=6543 dbname=balancedb user='clojure_ch' password='it\'s\\x'"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("DB_PORT", "five")], "DB_PORT"),
+            (&[("DB_PORT", "70000")], "DB_PORT"),
+            (&[("KAFKA_BC_TOPIC", "balance changed")], "KAFKA_BC_TOPIC"),
+            (
+                &[("SCHEMA_REGISTRY_URL", "localhost:8081")],
+                "SCHEMA_REGISTRY_URL",
+            ),
+            (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            (
+                &[("KAFKA_SSL_CA_LOCATION", "/tmp/ca.pem")],
+                "KAFKA_SSL_CERT_LOCATION",
+            ),
+            (&[("COMMAND_BATCH_SIZE", "0")], "COMMAND_BATCH_SIZE"),
+            (
+                &[("KAFKA_CMT_TOPIC", "confirm_account_creation")],
+                "KAFKA_CMT_TOPIC",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let error = parse(vars).unwrap_err();
+            assert_eq!(error.variable, *variable, "{vars:?}");
+            assert!(error.to_string().contains(variable));
+        }
+    }
+
+    #[test]
+    fn tls_files_must_exist() {
+        let error = parse(&[
+            ("KAFKA_SSL_CA_LOCATION", "/nonexistent/ca.pem"),
+            ("KAFKA_SSL_CERT_LOCATION", "/nonexistent/cert.pem"),
+            ("KAFKA_SSL_KEY_LOCATION", "/nonexistent/key.pem"),
+            ("KAFKA_SSL_KEY_PASSWORD", "hunter2"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.variable, "KAFKA_SSL_CA_LOCATION");
+        assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let config = parse(&[
+            ("DB_PASSWORD", "hunter2"),
+            ("SCHEMA_REGISTRY_URL", "https://key:s3cret@registry"),
+        ])
+        .unwrap();
+        let printed = format!("{config:?} {}", config.database_url);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+}

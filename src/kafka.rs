@@ -1,0 +1,198 @@
+//! Kafka clients: their configuration, the consumer context that watches rebalances,
+//! and the producer context that reports deliveries back to the batch that sent them.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use log::{info, warn};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{ProducerContext, ThreadedProducer};
+
+use crate::config::Config;
+
+/// Settings shared by the consumers and the producer: brokers, client id and TLS.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("client.id", &config.client_id)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    if let Some(tls) = &config.tls {
+        client
+            .set("security.protocol", "ssl")
+            .set("ssl.ca.location", tls.ca_location.to_string_lossy())
+            .set(
+                "ssl.certificate.location",
+                tls.certificate_location.to_string_lossy(),
+            )
+            .set("ssl.key.location", tls.key_location.to_string_lossy())
+            .set("ssl.key.password", tls.key_password.expose());
+    }
+    client
+}
+
+/// Raises `rebalanced` whenever the assignment changes; the consumer loop acts on it
+/// (it drops what it holds of partitions it no longer owns). Nothing else happens in
+/// the callback, which runs inside `poll`.
+pub struct RebalanceSignal {
+    pub rebalanced: AtomicBool,
+}
+
+impl ClientContext for RebalanceSignal {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!("kafka consumer: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for RebalanceSignal {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => info!("assigned {}", describe_partitions(partitions)),
+            Rebalance::Revoke(partitions) => info!("revoked {}", describe_partitions(partitions)),
+            Rebalance::Error(error) => warn!("rebalance failed: {error}"),
+        }
+        self.rebalanced.store(true, Ordering::Release);
+    }
+}
+
+fn describe_partitions(list: &rdkafka::TopicPartitionList) -> String {
+    let parts: Vec<String> = list
+        .elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect();
+    if parts.is_empty() {
+        "no partitions".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub type CommandConsumer = BaseConsumer<RebalanceSignal>;
+
+/// A consumer of one command topic. Offsets are stored by the loop only once the
+/// answers of a record are acknowledged (`enable.auto.offset.store=false`); stored
+/// offsets are committed in the background and on shutdown.
+pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandConsumer> {
+    let consumer: CommandConsumer = client_config(config)
+        .set("group.id", &config.client_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .create_with_context(RebalanceSignal {
+            rebalanced: AtomicBool::new(false),
+        })?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// What went wrong publishing a batch, and so what the loop does next.
+#[derive(Debug)]
+pub enum PublishError {
+    /// Registry or broker trouble: publish the same batch again.
+    Retry(String),
+    /// The producer cannot go on (fatal idempotence error, producer thread gone):
+    /// stop the process; the batch is redelivered after the restart.
+    Fatal(String),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::Retry(why) => write!(f, "publishing failed, will retry: {why}"),
+            PublishError::Fatal(why) => write!(f, "publishing failed for good: {why}"),
+        }
+    }
+}
+
+/// Tracks the records of one published batch until every one is acknowledged.
+pub struct BatchDelivery {
+    outstanding: AtomicUsize,
+    first_error: Mutex<Option<KafkaError>>,
+    done: mpsc::SyncSender<Result<(), PublishError>>,
+}
+
+impl BatchDelivery {
+    pub fn new(records: usize, done: mpsc::SyncSender<Result<(), PublishError>>) -> Arc<Self> {
+        Arc::new(BatchDelivery {
+            outstanding: AtomicUsize::new(records),
+            first_error: Mutex::new(None),
+            done,
+        })
+    }
+
+    /// Counts one record as settled (acknowledged or failed for good).
+    pub fn settle(&self, result: Result<(), KafkaError>) {
+        if let Err(error) = result {
+            let mut first = self
+                .first_error
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            first.get_or_insert(error);
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let first = self
+                .first_error
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            // The batch's owner may have given up waiting (shutdown); nothing to tell then.
+            let _ = self.done.send(match first {
+                None => Ok(()),
+                Some(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                    Err(PublishError::Fatal(error.to_string()))
+                }
+                Some(error) => Err(PublishError::Retry(error.to_string())),
+            });
+        }
+    }
+}
+
+/// Sends each delivery report to the batch the record belongs to.
+pub struct DeliveryReports;
+
+impl ClientContext for DeliveryReports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!("kafka producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for DeliveryReports {
+    type DeliveryOpaque = Arc<BatchDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
+        batch.settle(match result {
+            Ok(_) => Ok(()),
+            Err((error, message)) => {
+                warn!(
+                    "could not deliver to {}/{}: {error}",
+                    message.topic(),
+                    message.partition()
+                );
+                Err(error.clone())
+            }
+        });
+    }
+}
+
+pub type AnswerProducer = ThreadedProducer<DeliveryReports>;
+
+/// The producer of answers, events and dead letters: acknowledged by all in-sync
+/// replicas, idempotent (no duplicates or reordering from its own retries), and
+/// partitioning keys as the JVM clients do (murmur2), so a key stays on its partition
+/// when this handler replaces the JVM one.
+pub fn answer_producer(config: &Config) -> KafkaResult<AnswerProducer> {
+    client_config(config)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.producer_linger_ms.to_string())
+        .set("partitioner", "murmur2_random")
+        .create_with_context(DeliveryReports)
+}

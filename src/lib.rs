@@ -1,0 +1,23 @@
+//! The Open Bank command handler: reads ConfirmAccountCreation and ConfirmMoneyTransfer
+//! commands from Kafka, applies them exactly once to balances in PostgreSQL, and answers
+//! on Kafka. See README.md for the design and SPEC.md for the contract.
+//!
+//! Modules, one concern each:
+//! - [`config`]: environment variables;
+//! - [`rules`]: the business rules as plain functions;
+//! - [`records`]: Avro records and the Schema Registry wire format;
+//! - [`storage`]: pool, migrations and queries;
+//! - [`handler`]: one database transaction per batch of commands;
+//! - [`kafka`]: client settings and contexts;
+//! - [`pipeline`]: the consumer loops and the producer thread (delivery guarantee);
+//! - [`app`]: wiring and shutdown.
+
+pub mod app;
+pub mod config;
+pub mod handler;
+pub mod kafka;
+pub mod pipeline;
+pub mod records;
+pub mod rules;
+pub mod schema;
+pub mod storage;

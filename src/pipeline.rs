@@ -1,0 +1,600 @@
+//! The consumer loops and the producer thread.
+//!
+//! # Delivery guarantee
+//!
+//! Commands are read at least once and applied exactly once. For each batch (a poll's
+//! worth of records of one topic) a consumer thread:
+//!
+//! 1. decodes every record; a record that cannot be a command is dead-lettered;
+//! 2. applies the commands in one database transaction that also records each outcome
+//!    under its command id ([`crate::handler`]);
+//! 3. hands the answers, BalanceChanged events and dead letters to the producer thread
+//!    and waits until Kafka has acknowledged every one of them;
+//! 4. only then stores the offsets (`enable.auto.offset.store=false`), which librdkafka
+//!    commits in the background and on shutdown.
+//!
+//! A crash anywhere before 4 makes Kafka deliver the batch again; step 2 then finds the
+//! recorded outcomes and answers exactly as the first time, so nothing is lost and
+//! nothing is applied twice (answers may be duplicated). Transient failures (registry,
+//! database, broker) retry the same batch with backoff and never skip a record.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseRecord, Producer};
+use uuid::Uuid;
+
+use crate::config::Topics;
+use crate::handler::{self, AccountCreationAnswer, AccountCreationCommand, TransferCommand};
+use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
+use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
+use crate::storage::{PgPool, RecordPosition};
+
+/// Which of the two command topics a loop consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandTopic {
+    AccountCreation,
+    MoneyTransfer,
+}
+
+/// A record for the producer thread to publish.
+#[derive(Debug)]
+pub struct Outbound {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub body: OutboundBody,
+}
+
+#[derive(Debug)]
+pub enum OutboundBody {
+    /// An answer or event, encoded by the producer thread.
+    Record(OutputRecord),
+    /// A record that could not be handled, published as it came with where it came from.
+    DeadLetter {
+        value: Option<Vec<u8>>,
+        headers: OwnedHeaders,
+    },
+}
+
+pub struct PublishRequest {
+    /// Shared with the consumer thread, which sends the same records again on a retry.
+    pub records: Arc<Vec<Outbound>>,
+    pub done: mpsc::SyncSender<Result<(), PublishError>>,
+}
+
+/// Why a consumer loop ended early, making the process exit non-zero.
+#[derive(Debug)]
+pub struct Stopped(pub String);
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The producer thread: encodes and sends every request; Kafka's acknowledgements are
+/// reported straight to the requesting consumer thread by [`BatchDelivery`].
+pub fn run_producer(
+    producer: AnswerProducer,
+    encoder: AnswerEncoder,
+    requests: mpsc::Receiver<PublishRequest>,
+) {
+    for request in requests {
+        if let Some(fatal) = producer.client().fatal_error() {
+            let _ = request
+                .done
+                .send(Err(PublishError::Fatal(format!("{fatal:?}"))));
+            break;
+        }
+        publish(&producer, &encoder, request);
+    }
+    // Every sender is gone: the consumers have stopped. Deliver what is queued.
+    if let Err(error) = producer.flush(Duration::from_secs(30)) {
+        error!("producer flush at shutdown failed: {error}");
+    }
+}
+
+fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishRequest) {
+    // Encode everything before sending anything, so a registry failure sends nothing.
+    let mut payloads = Vec::with_capacity(request.records.len());
+    for outbound in request.records.iter() {
+        match &outbound.body {
+            OutboundBody::Record(record) => match encoder.encode(&outbound.topic, record) {
+                Ok(bytes) => payloads.push(Some(bytes)),
+                Err(error) => {
+                    let _ = request
+                        .done
+                        .send(Err(PublishError::Retry(error.to_string())));
+                    return;
+                }
+            },
+            OutboundBody::DeadLetter { value, .. } => payloads.push(value.clone()),
+        }
+    }
+    if request.records.is_empty() {
+        let _ = request.done.send(Ok(()));
+        return;
+    }
+    let batch = BatchDelivery::new(request.records.len(), request.done);
+    for (outbound, payload) in request.records.iter().zip(payloads) {
+        let mut record =
+            BaseRecord::with_opaque_to(&outbound.topic, Arc::clone(&batch)).key(&outbound.key);
+        if let Some(payload) = &payload {
+            record = record.payload(payload);
+        }
+        if let OutboundBody::DeadLetter { headers, .. } = &outbound.body {
+            record = record.headers(headers.clone());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    // The background thread drains the queue; give it a moment.
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, returned)) => {
+                    warn!("could not send to {}: {error}", returned.topic);
+                    batch.settle(Err(error));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff between attempts at the same work, capped, with a log line.
+struct Backoff {
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Backoff {
+            delay: Self::FIRST,
+            attempts: 0,
+        }
+    }
+
+    /// Waits before the next attempt; false when shutdown was requested meanwhile.
+    fn wait(&mut self, shutdown: &AtomicBool, what: &str, error: &dyn fmt::Display) -> bool {
+        self.attempts += 1;
+        let level = if self.attempts < 5 {
+            log::Level::Warn
+        } else {
+            log::Level::Error
+        };
+        log::log!(
+            level,
+            "{what} failed (attempt {}), retrying in {:?}: {error}",
+            self.attempts,
+            self.delay
+        );
+        let until = Instant::now() + self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        while Instant::now() < until {
+            if shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// What became of one record of a batch before the database.
+enum Intake {
+    Account(AccountCreationCommand),
+    Transfer(TransferCommand),
+    DeadLetter(String),
+}
+
+pub struct CommandLoop {
+    pub kind: CommandTopic,
+    pub consumer: CommandConsumer,
+    pub decoder: CommandDecoder,
+    pub pool: PgPool,
+    pub topics: Topics,
+    pub publish: mpsc::Sender<PublishRequest>,
+    pub shutdown: Arc<AtomicBool>,
+    pub batch_size: usize,
+}
+
+impl CommandLoop {
+    fn topic(&self) -> &str {
+        match self.kind {
+            CommandTopic::AccountCreation => &self.topics.account_creation_commands,
+            CommandTopic::MoneyTransfer => &self.topics.money_transfer_commands,
+        }
+    }
+
+    /// Runs until shutdown is requested (Ok) or the producer fails for good (Err).
+    pub fn run(self) -> Result<(), Stopped> {
+        info!("consuming {}", self.topic());
+        let outcome = self.consume();
+        // Commit what was stored, then leave the group, so a successor starts where
+        // this instance stopped.
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => info!("committed offsets of {}", self.topic()),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => warn!("final commit of {} failed: {error}", self.topic()),
+        }
+        outcome
+    }
+
+    fn consume(&self) -> Result<(), Stopped> {
+        while !self.shutdown.load(Ordering::Acquire) {
+            let batch = self.poll_batch();
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(intake) = self.intake(&batch) else {
+                return Ok(());
+            };
+            let Some(outbound) = self.apply(&batch, intake) else {
+                return Ok(());
+            };
+            if !self.publish(outbound)? {
+                return Ok(());
+            }
+            self.store_offsets(&batch);
+        }
+        Ok(())
+    }
+
+    /// Up to `batch_size` records: waits briefly for the first, then takes what is
+    /// already fetched, so a quiet topic answers each command at once and a busy one
+    /// is applied in large transactions.
+    fn poll_batch(&self) -> Vec<OwnedMessage> {
+        let mut batch = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while batch.len() < self.batch_size {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => batch.push(message.detach()),
+                Some(Err(error)) => {
+                    warn!("polling {} failed: {error}", self.topic());
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        if self
+            .consumer
+            .context()
+            .rebalanced
+            .swap(false, Ordering::AcqRel)
+            && !batch.is_empty()
+        {
+            // Records of partitions revoked while polling belong to their new owner now.
+            if let Ok(assigned) = self.consumer.assignment() {
+                batch.retain(|m| assigned.find_partition(m.topic(), m.partition()).is_some());
+            }
+        }
+        batch
+    }
+
+    /// Decodes the batch; records that cannot be commands become dead letters. Waits out
+    /// registry outages (None when shutdown came first).
+    fn intake(&self, batch: &[OwnedMessage]) -> Option<Vec<Intake>> {
+        let mut backoff = Backoff::new();
+        loop {
+            let mut unavailable = None;
+            let intake: Vec<Intake> = batch
+                .iter()
+                .map(|message| match self.decode(message) {
+                    Ok(intake) => intake,
+                    Err(DecodeError::Malformed(why)) => Intake::DeadLetter(why),
+                    Err(error @ DecodeError::RegistryUnavailable(_)) => {
+                        unavailable = Some(error);
+                        Intake::DeadLetter(String::new())
+                    }
+                })
+                .collect();
+            match unavailable {
+                None => return Some(intake),
+                Some(error) => {
+                    if !backoff.wait(&self.shutdown, "decoding commands", &error) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn decode(&self, message: &OwnedMessage) -> Result<Intake, DecodeError> {
+        let malformed = |why: &str| Err(DecodeError::Malformed(why.to_string()));
+        match message.key() {
+            None | Some([]) => return malformed("record has no key"),
+            Some(key) if std::str::from_utf8(key).is_err() => return malformed("key is not UTF-8"),
+            Some(_) => {}
+        }
+        let Some(payload) = message.payload() else {
+            return malformed("record has no value");
+        };
+        Ok(match self.kind {
+            CommandTopic::AccountCreation => {
+                let command = self.decoder.decode_account_creation(payload)?;
+                Intake::Account(AccountCreationCommand {
+                    id: command.command_id(),
+                    account_type: command.a_type.into(),
+                })
+            }
+            CommandTopic::MoneyTransfer => {
+                let command = self.decoder.decode_money_transfer(payload)?;
+                Intake::Transfer(TransferCommand {
+                    id: command.command_id(),
+                    read_at: RecordPosition {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    },
+                    transfer: command.into_transfer(),
+                })
+            }
+        })
+    }
+
+    /// Applies the commands in one transaction (retried until it commits) and lists
+    /// what to publish, in record order.
+    fn apply(&self, batch: &[OwnedMessage], intake: Vec<Intake>) -> Option<Vec<Outbound>> {
+        let accounts: Vec<AccountCreationCommand> = intake
+            .iter()
+            .filter_map(|i| {
+                if let Intake::Account(c) = i {
+                    Some(c.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let transfers: Vec<TransferCommand> = intake
+            .iter()
+            .filter_map(|i| {
+                if let Intake::Transfer(c) = i {
+                    Some(c.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+
+        let mut backoff = Backoff::new();
+        let (mut account_answers, mut transfer_answers) = loop {
+            let attempt = self
+                .pool
+                .get()
+                .map_err(|e| e.to_string())
+                .and_then(|mut conn| {
+                    let accounts = if accounts.is_empty() {
+                        vec![]
+                    } else {
+                        handler::handle_account_creations(&mut conn, &accounts)
+                            .map_err(|e| e.to_string())?
+                    };
+                    let transfers = if transfers.is_empty() {
+                        vec![]
+                    } else {
+                        handler::handle_transfers(&mut conn, &transfers)
+                            .map_err(|e| e.to_string())?
+                    };
+                    Ok((accounts.into_iter(), transfers.into_iter()))
+                });
+            match attempt {
+                Ok(answers) => break answers,
+                Err(error) => {
+                    if !backoff.wait(&self.shutdown, "applying commands to the database", &error) {
+                        return None;
+                    }
+                }
+            }
+        };
+
+        let mut outbound = Vec::with_capacity(batch.len() * 2);
+        for (message, intake) in batch.iter().zip(intake) {
+            let key = message.key().unwrap_or_default().to_vec();
+            match intake {
+                Intake::DeadLetter(reason) => {
+                    warn!(
+                        "dead-lettering {}/{}@{}: {reason}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset()
+                    );
+                    outbound.push(self.dead_letter(message, &reason));
+                }
+                Intake::Account(command) => {
+                    let answer = account_answers.next().expect("one answer per command");
+                    debug!(
+                        "{}/{}@{} account creation {}: {answer:?}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        command.id
+                    );
+                    outbound.push(Outbound {
+                        topic: self.topics.account_creation_feedback.clone(),
+                        key,
+                        body: OutboundBody::Record(account_record(command.id, answer)),
+                    });
+                }
+                Intake::Transfer(command) => {
+                    let answer = transfer_answers.next().expect("one answer per command");
+                    debug!(
+                        "{}/{}@{} transfer {}: {answer:?}",
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        command.id
+                    );
+                    outbound.push(Outbound {
+                        topic: self.topics.money_transfer_feedback.clone(),
+                        key,
+                        body: OutboundBody::Record(transfer_record(command.id, answer.failure)),
+                    });
+                    for change in answer.balance_changes {
+                        outbound.push(Outbound {
+                            topic: self.topics.balance_changed.clone(),
+                            key: change.iban.clone().into_bytes(),
+                            body: OutboundBody::Record(OutputRecord::BalanceChanged(change)),
+                        });
+                    }
+                }
+            }
+        }
+        Some(outbound)
+    }
+
+    fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outbound {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dead_letter.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "dead_letter.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "dead_letter.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "dead_letter.reason",
+                value: Some(reason),
+            });
+        Outbound {
+            topic: self.topics.dead_letter.clone(),
+            key: message.key().unwrap_or_default().to_vec(),
+            body: OutboundBody::DeadLetter {
+                value: message.payload().map(<[u8]>::to_vec),
+                headers,
+            },
+        }
+    }
+
+    /// Publishes and waits for Kafka's acknowledgement of every record, retrying the
+    /// batch on failure. Ok(false) when shutdown came before success.
+    fn publish(&self, outbound: Vec<Outbound>) -> Result<bool, Stopped> {
+        let records = Arc::new(outbound);
+        let mut backoff = Backoff::new();
+        loop {
+            let (done, acknowledged) = mpsc::sync_channel(1);
+            self.publish
+                .send(PublishRequest {
+                    records: Arc::clone(&records),
+                    done,
+                })
+                .map_err(|_| Stopped("the producer thread has stopped".into()))?;
+            match self.wait_for_acknowledgement(&acknowledged) {
+                Some(Ok(())) => return Ok(true),
+                Some(Err(PublishError::Fatal(why))) => return Err(Stopped(why)),
+                Some(Err(error @ PublishError::Retry(_))) => {
+                    if !backoff.wait(&self.shutdown, "publishing answers", &error) {
+                        return Ok(false);
+                    }
+                }
+                None => return Ok(false),
+            }
+        }
+    }
+
+    /// Waits for the batch's acknowledgement. After shutdown is requested it waits a
+    /// bounded time more (the broker may be down) and then gives up: the batch's
+    /// offsets are not stored, so it is redelivered on restart.
+    fn wait_for_acknowledgement(
+        &self,
+        acknowledged: &mpsc::Receiver<Result<(), PublishError>>,
+    ) -> Option<Result<(), PublishError>> {
+        const GRACE: Duration = Duration::from_secs(15);
+        let mut shutdown_seen: Option<Instant> = None;
+        loop {
+            match acknowledged.recv_timeout(Duration::from_millis(200)) {
+                Ok(result) => return Some(result),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Some(Err(PublishError::Fatal(
+                        "the producer thread has stopped".into(),
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.shutdown.load(Ordering::Acquire) {
+                        let since = *shutdown_seen.get_or_insert_with(Instant::now);
+                        if since.elapsed() > GRACE {
+                            warn!(
+                                "shutting down with a batch of {} unacknowledged; it will be redelivered",
+                                self.topic()
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores, per partition, the offset after the batch's last record. Fails only for
+    /// partitions revoked meanwhile, whose new owner redelivers those records.
+    fn store_offsets(&self, batch: &[OwnedMessage]) {
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for message in batch {
+            let offset = next.entry(message.partition()).or_default();
+            *offset = (*offset).max(message.offset() + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in next {
+            if let Err(error) =
+                offsets.add_partition_offset(self.topic(), partition, Offset::Offset(offset))
+            {
+                warn!(
+                    "cannot store offset {offset} of {}/{partition}: {error}",
+                    self.topic()
+                );
+            }
+        }
+        if let Err(error) = self.consumer.store_offsets(&offsets) {
+            info!(
+                "offsets of {} not stored (partition revoked?): {error}",
+                self.topic()
+            );
+        }
+    }
+}
+
+fn account_record(id: Uuid, answer: AccountCreationAnswer) -> OutputRecord {
+    match answer {
+        AccountCreationAnswer::Confirmed {
+            iban,
+            token,
+            account_type,
+        } => OutputRecord::AccountCreationConfirmed {
+            id,
+            iban,
+            token,
+            a_type: account_type,
+        },
+        AccountCreationAnswer::Failed { reason } => {
+            OutputRecord::AccountCreationFailed { id, reason }
+        }
+    }
+}
+
+fn transfer_record(id: Uuid, failure: Option<String>) -> OutputRecord {
+    match failure {
+        None => OutputRecord::MoneyTransferConfirmed { id },
+        Some(reason) => OutputRecord::MoneyTransferFailed { id, reason },
+    }
+}

@@ -1,0 +1,519 @@
+//! Avro records of SPEC §3 and their Confluent wire format (SPEC §4).
+//!
+//! Decoding fetches the writer schema by the id in the value (through
+//! `schema_registry_converter`, which caches it) and then resolves the datum against
+//! the handler's own reader schema, so writer schemas that only add properties or
+//! defaulted fields still decode. Encoding registers the handler's schema under the
+//! TopicRecordNameStrategy subject, or uses the subject's latest version when the
+//! registry refuses registrations (a locked-down registry).
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use schema_registry_converter::avro_common::get_supplied_schema;
+use schema_registry_converter::blocking::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::blocking::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{RawError, SubjectNameStrategy};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::rules::{AccountType, BalanceChange, Transfer};
+
+pub const NAMESPACE: &str = "nl.openweb.data";
+
+// Named types are defined at their first use and referred to by name afterwards, as
+// the JVM services' schemas do.
+const UUID_TYPE: &str = r#"{"type":"fixed","name":"Uuid","size":16}"#;
+const ATYPE_TYPE: &str = r#"{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}"#;
+
+fn record_schema(name: &str, fields: &[(&str, &str)]) -> Schema {
+    let fields: Vec<String> = fields
+        .iter()
+        .map(|(field, ty)| format!(r#"{{"name":"{field}","type":{ty}}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"type":"record","name":"{name}","namespace":"{NAMESPACE}","fields":[{}]}}"#,
+        fields.join(",")
+    );
+    Schema::parse_str(&json).unwrap_or_else(|e| panic!("built-in schema {name} is invalid: {e}"))
+}
+
+/// The handler's schemas, parsed once.
+pub struct Schemas {
+    pub confirm_account_creation: Schema,
+    pub account_creation_confirmed: Schema,
+    pub account_creation_failed: Schema,
+    pub confirm_money_transfer: Schema,
+    pub money_transfer_confirmed: Schema,
+    pub money_transfer_failed: Schema,
+    pub balance_changed: Schema,
+}
+
+pub static SCHEMAS: LazyLock<Schemas> = LazyLock::new(|| {
+    let string = r#""string""#;
+    let long = r#""long""#;
+    Schemas {
+        confirm_account_creation: record_schema(
+            "ConfirmAccountCreation",
+            &[("id", UUID_TYPE), ("a_type", ATYPE_TYPE)],
+        ),
+        account_creation_confirmed: record_schema(
+            "AccountCreationConfirmed",
+            &[
+                ("id", UUID_TYPE),
+                ("iban", string),
+                ("token", string),
+                ("a_type", ATYPE_TYPE),
+            ],
+        ),
+        account_creation_failed: record_schema(
+            "AccountCreationFailed",
+            &[("id", UUID_TYPE), ("reason", string)],
+        ),
+        confirm_money_transfer: record_schema(
+            "ConfirmMoneyTransfer",
+            &[
+                ("id", UUID_TYPE),
+                ("token", string),
+                ("amount", long),
+                ("from", string),
+                ("to", string),
+                ("description", string),
+            ],
+        ),
+        money_transfer_confirmed: record_schema("MoneyTransferConfirmed", &[("id", UUID_TYPE)]),
+        money_transfer_failed: record_schema(
+            "MoneyTransferFailed",
+            &[("id", UUID_TYPE), ("reason", string)],
+        ),
+        balance_changed: record_schema(
+            "BalanceChanged",
+            &[
+                ("iban", string),
+                ("new_balance", long),
+                ("changed_by", long),
+                ("from_to", string),
+                ("description", string),
+            ],
+        ),
+    }
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum Atype {
+    #[serde(rename = "AUTO")]
+    Auto,
+    #[serde(rename = "MANUAL")]
+    Manual,
+}
+
+impl From<Atype> for AccountType {
+    fn from(value: Atype) -> Self {
+        match value {
+            Atype::Auto => AccountType::Auto,
+            Atype::Manual => AccountType::Manual,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ConfirmAccountCreation {
+    #[serde(with = "apache_avro::serde::fixed")]
+    pub id: [u8; 16],
+    pub a_type: Atype,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ConfirmMoneyTransfer {
+    #[serde(with = "apache_avro::serde::fixed")]
+    pub id: [u8; 16],
+    pub token: String,
+    pub amount: i64,
+    pub from: String,
+    pub to: String,
+    pub description: String,
+}
+
+impl ConfirmMoneyTransfer {
+    pub fn command_id(&self) -> Uuid {
+        Uuid::from_bytes(self.id)
+    }
+
+    pub fn into_transfer(self) -> Transfer {
+        Transfer {
+            token: self.token,
+            amount: self.amount,
+            from: self.from,
+            to: self.to,
+            description: self.description,
+        }
+    }
+}
+
+impl ConfirmAccountCreation {
+    pub fn command_id(&self) -> Uuid {
+        Uuid::from_bytes(self.id)
+    }
+}
+
+/// The records the handler writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputRecord {
+    AccountCreationConfirmed {
+        id: Uuid,
+        iban: String,
+        token: String,
+        a_type: AccountType,
+    },
+    AccountCreationFailed {
+        id: Uuid,
+        reason: String,
+    },
+    MoneyTransferConfirmed {
+        id: Uuid,
+    },
+    MoneyTransferFailed {
+        id: Uuid,
+        reason: String,
+    },
+    BalanceChanged(BalanceChange),
+}
+
+impl OutputRecord {
+    fn schema(&self) -> &'static Schema {
+        let schemas = &*SCHEMAS;
+        match self {
+            OutputRecord::AccountCreationConfirmed { .. } => &schemas.account_creation_confirmed,
+            OutputRecord::AccountCreationFailed { .. } => &schemas.account_creation_failed,
+            OutputRecord::MoneyTransferConfirmed { .. } => &schemas.money_transfer_confirmed,
+            OutputRecord::MoneyTransferFailed { .. } => &schemas.money_transfer_failed,
+            OutputRecord::BalanceChanged(_) => &schemas.balance_changed,
+        }
+    }
+
+    /// Full record name, the second half of the TopicRecordNameStrategy subject.
+    pub fn full_name(&self) -> String {
+        match self.schema() {
+            Schema::Record(record) => record.name.fullname(None),
+            _ => unreachable!("output schemas are records"),
+        }
+    }
+
+    fn fields(&self) -> Vec<(&'static str, Value)> {
+        let uuid = |id: &Uuid| Value::Fixed(16, id.as_bytes().to_vec());
+        match self {
+            OutputRecord::AccountCreationConfirmed {
+                id,
+                iban,
+                token,
+                a_type,
+            } => vec![
+                ("id", uuid(id)),
+                ("iban", Value::String(iban.clone())),
+                ("token", Value::String(token.clone())),
+                ("a_type", atype_value(*a_type)),
+            ],
+            OutputRecord::AccountCreationFailed { id, reason }
+            | OutputRecord::MoneyTransferFailed { id, reason } => {
+                vec![("id", uuid(id)), ("reason", Value::String(reason.clone()))]
+            }
+            OutputRecord::MoneyTransferConfirmed { id } => vec![("id", uuid(id))],
+            OutputRecord::BalanceChanged(change) => vec![
+                ("iban", Value::String(change.iban.clone())),
+                ("new_balance", Value::Long(change.new_balance)),
+                ("changed_by", Value::Long(change.changed_by)),
+                ("from_to", Value::String(change.from_to.clone())),
+                ("description", Value::String(change.description.clone())),
+            ],
+        }
+    }
+}
+
+fn atype_value(a_type: AccountType) -> Value {
+    match a_type {
+        AccountType::Auto => Value::Enum(0, "AUTO".to_string()),
+        AccountType::Manual => Value::Enum(1, "MANUAL".to_string()),
+    }
+}
+
+/// Why a value could not be turned into a command, and so what the loop does with it.
+#[derive(Debug)]
+pub enum DecodeError {
+    /// The record itself is bad (not the wire format, unknown schema id, datum that
+    /// does not match its schema, wrong record type): dead-letter it and move on.
+    Malformed(String),
+    /// The registry could not be asked (unreachable, 5xx, auth): retry the same record.
+    RegistryUnavailable(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Malformed(why) => write!(f, "malformed record: {why}"),
+            DecodeError::RegistryUnavailable(why) => {
+                write!(f, "schema registry unavailable: {why}")
+            }
+        }
+    }
+}
+
+/// Failure to encode an answer: the registry could not be asked or refused the schema.
+#[derive(Debug)]
+pub struct EncodeError(pub String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not encode answer: {}", self.0)
+    }
+}
+
+/// True when the registry answered that something does not exist or is invalid, as
+/// opposed to not answering properly at all.
+fn registry_said_no(error: &SRCError, codes: std::ops::RangeInclusive<u32>) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<RawError>())
+        .is_some_and(|raw| codes.contains(&raw.error_code))
+}
+
+/// Builds the registry client settings; the URL may carry credentials, which are never
+/// logged.
+pub fn registry_settings(url: &str) -> Result<SrSettings, String> {
+    SrSettings::new_builder(url.to_string())
+        .set_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.error)
+}
+
+/// Decodes command values of one topic.
+pub struct CommandDecoder {
+    decoder: AvroDecoder,
+}
+
+impl CommandDecoder {
+    pub fn new(settings: SrSettings) -> Self {
+        CommandDecoder {
+            decoder: AvroDecoder::new(settings),
+        }
+    }
+
+    /// Decodes a value written with any schema the registry knows whose record is
+    /// `reader`'s record, resolved to `reader`.
+    fn decode_value(&self, payload: &[u8], reader: &Schema) -> Result<Value, DecodeError> {
+        let decoded = self.decoder.decode(Some(payload)).map_err(|error| {
+            // Retriable (network) errors are never cached by the decoder; others are, so
+            // a registry that answered 5xx must be asked again on the retry.
+            let transient = error.retriable
+                || (std::error::Error::source(&error).is_some_and(|s| s.is::<RawError>())
+                    && !registry_said_no(&error, 40_400..=40_499));
+            if transient {
+                self.decoder.remove_errors_from_cache();
+                DecodeError::RegistryUnavailable(error.to_string())
+            } else {
+                DecodeError::Malformed(error.to_string())
+            }
+        })?;
+        let expected = match reader {
+            Schema::Record(record) => &record.name,
+            _ => unreachable!("command schemas are records"),
+        };
+        match decoded.name {
+            Some(name) if name == *expected => {}
+            Some(name) => {
+                return Err(DecodeError::Malformed(format!(
+                    "expected a {} record, got {}",
+                    expected.fullname(None),
+                    name.fullname(None)
+                )));
+            }
+            None => {
+                return Err(DecodeError::Malformed(format!(
+                    "expected a {} record, got a value of a schema that is not a named record",
+                    expected.fullname(None)
+                )));
+            }
+        }
+        decoded.value.resolve(reader).map_err(|e| {
+            DecodeError::Malformed(format!("does not resolve to the reader schema: {e}"))
+        })
+    }
+
+    pub fn decode_account_creation(
+        &self,
+        payload: &[u8],
+    ) -> Result<ConfirmAccountCreation, DecodeError> {
+        let value = self.decode_value(payload, &SCHEMAS.confirm_account_creation)?;
+        apache_avro::from_value(&value).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+
+    pub fn decode_money_transfer(
+        &self,
+        payload: &[u8],
+    ) -> Result<ConfirmMoneyTransfer, DecodeError> {
+        let value = self.decode_value(payload, &SCHEMAS.confirm_money_transfer)?;
+        apache_avro::from_value(&value).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+/// Encodes answers and events under `<topic>-<full record name>` subjects.
+pub struct AnswerEncoder {
+    encoder: AvroEncoder,
+}
+
+impl AnswerEncoder {
+    pub fn new(settings: SrSettings) -> Self {
+        AnswerEncoder {
+            encoder: AvroEncoder::new(settings),
+        }
+    }
+
+    pub fn encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, EncodeError> {
+        let register = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+            topic.to_string(),
+            get_supplied_schema(record.schema()),
+        );
+        match self.encoder.encode(record.fields(), &register) {
+            Ok(bytes) => Ok(bytes),
+            // 401/403 (not allowed), 405 (read-only mode), 409 (incompatible with the
+            // locked-down subject): fall back to the subject's latest version.
+            Err(error) if registry_said_no(&error, 40_100..=40_999) => {
+                let latest = SubjectNameStrategy::TopicRecordNameStrategy(
+                    topic.to_string(),
+                    record.full_name(),
+                );
+                self.encoder.remove_errors_from_cache();
+                self.encoder.encode(record.fields(), &latest).map_err(|e| {
+                    self.encoder.remove_errors_from_cache();
+                    EncodeError(format!(
+                        "registration refused ({error}) and latest version unusable ({e})"
+                    ))
+                })
+            }
+            Err(error) => {
+                self.encoder.remove_errors_from_cache();
+                Err(EncodeError(error.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_have_the_spec_fields_in_order() {
+        let names = |schema: &Schema| match schema {
+            Schema::Record(record) => (
+                record.name.fullname(None),
+                record
+                    .fields
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => panic!("not a record"),
+        };
+        let s = &*SCHEMAS;
+        assert_eq!(
+            names(&s.confirm_money_transfer),
+            (
+                "nl.openweb.data.ConfirmMoneyTransfer".to_string(),
+                ["id", "token", "amount", "from", "to", "description"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            names(&s.balance_changed).1,
+            [
+                "iban",
+                "new_balance",
+                "changed_by",
+                "from_to",
+                "description"
+            ]
+        );
+        assert_eq!(
+            names(&s.account_creation_confirmed).1,
+            ["id", "iban", "token", "a_type"]
+        );
+        assert_eq!(names(&s.confirm_account_creation).1, ["id", "a_type"]);
+        assert_eq!(names(&s.account_creation_failed).1, ["id", "reason"]);
+        assert_eq!(names(&s.money_transfer_confirmed).1, ["id"]);
+        assert_eq!(names(&s.money_transfer_failed).1, ["id", "reason"]);
+    }
+
+    #[test]
+    fn subjects_use_the_full_record_name() {
+        let record = OutputRecord::MoneyTransferFailed {
+            id: Uuid::nil(),
+            reason: "x".into(),
+        };
+        assert_eq!(record.full_name(), "nl.openweb.data.MoneyTransferFailed");
+    }
+
+    #[test]
+    fn output_fields_validate_against_their_schema() {
+        let id = Uuid::new_v4();
+        let records = [
+            OutputRecord::AccountCreationConfirmed {
+                id,
+                iban: "NL66OPEN0000000000".into(),
+                token: "00000000000000000000".into(),
+                a_type: AccountType::Manual,
+            },
+            OutputRecord::AccountCreationFailed {
+                id,
+                reason: "r".into(),
+            },
+            OutputRecord::MoneyTransferConfirmed { id },
+            OutputRecord::MoneyTransferFailed {
+                id,
+                reason: "r".into(),
+            },
+            OutputRecord::BalanceChanged(BalanceChange {
+                iban: "NL66OPEN0000000000".into(),
+                new_balance: 1,
+                changed_by: -1,
+                from_to: "cash".into(),
+                description: "d".into(),
+            }),
+        ];
+        for record in records {
+            let fields = record
+                .fields()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value))
+                .collect();
+            let value = Value::Record(fields);
+            assert!(value.validate(record.schema()), "{record:?}");
+        }
+    }
+
+    /// The datum part of the wire format, decoded by hand-made bytes: the first field of a
+    /// ConfirmMoneyTransfer is the 16 raw UUID bytes, then zig-zag varint strings/longs.
+    #[test]
+    fn money_transfer_datum_decodes_into_the_typed_record() {
+        let id = Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
+        let mut datum = id.as_bytes().to_vec();
+        let string = |s: &str, out: &mut Vec<u8>| {
+            out.push((s.len() as u8) << 1);
+            out.extend_from_slice(s.as_bytes());
+        };
+        string("tok", &mut datum);
+        datum.push(0x03); // zig-zag -2
+        string("cash", &mut datum);
+        string("NL66OPEN0000000000", &mut datum);
+        string("", &mut datum);
+        let schema = &SCHEMAS.confirm_money_transfer;
+        let value = apache_avro::from_avro_datum(schema, &mut datum.as_slice(), None).unwrap();
+        let command: ConfirmMoneyTransfer = apache_avro::from_value(&value).unwrap();
+        assert_eq!(command.command_id(), id);
+        assert_eq!(command.amount, -2);
+        assert_eq!(command.from, "cash");
+        assert_eq!(command.to, "NL66OPEN0000000000");
+    }
+}

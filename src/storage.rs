@@ -1,0 +1,336 @@
+//! PostgreSQL: the connection pool, the embedded migrations, and small query functions
+//! over `&mut PgConnection`. Transactions are owned by the caller ([`crate::handler`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use diesel::dsl::sql;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::sql_types::{Array, BigInt, Bool, Text};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use uuid::Uuid;
+
+use crate::rules::{Account, AccountType, BalanceChange, Iban, NEW_ACCOUNT_LIMIT};
+use crate::schema::{balance, cac, cmt, cmt_balance_changed};
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Serialises migrations between handler instances starting at the same moment.
+const MIGRATION_LOCK_KEY: i64 = 0x6f70656e_62616e6b; // "openbank"
+
+/// A pool that connects lazily: start-up does not fail when the database is still
+/// coming up; the first use retries instead.
+pub fn pool(database_url: &str, size: u32) -> PgPool {
+    Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(ConnectionManager::new(database_url))
+}
+
+/// Runs the pending embedded migrations under an advisory lock and returns their names.
+pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
+    let lock = |conn: &mut PgConnection, function: &str| {
+        diesel::select(sql::<Bool>(&format!(
+            "{function}({MIGRATION_LOCK_KEY}) IS NOT NULL"
+        )))
+        .get_result::<bool>(conn)
+        .map_err(|e| format!("{function}: {e}"))
+    };
+    lock(conn, "pg_advisory_lock")?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|e| format!("migration failed: {e}"));
+    lock(conn, "pg_advisory_unlock")?;
+    applied
+}
+
+// ---------------------------------------------------------------- account creation
+
+/// What `cac` recorded for a command id: the answer to give again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordedAccountCreation {
+    Confirmed {
+        iban: String,
+        token: String,
+        account_type: AccountType,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+pub fn recorded_account_creations(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, RecordedAccountCreation>> {
+    let rows: Vec<(
+        Uuid,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )> = cac::table
+        .filter(cac::uuid.eq_any(ids))
+        .select((
+            cac::uuid,
+            cac::iban,
+            cac::token,
+            cac::account_type,
+            cac::reason,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(uuid, iban, token, account_type, reason)| {
+            let recorded = match (
+                reason,
+                iban,
+                token,
+                account_type.as_deref().and_then(AccountType::parse),
+            ) {
+                (None, Some(iban), Some(token), Some(account_type)) => {
+                    RecordedAccountCreation::Confirmed {
+                        iban,
+                        token,
+                        account_type,
+                    }
+                }
+                (Some(reason), ..) => RecordedAccountCreation::Failed { reason },
+                // A row the JVM handler could not have written; answer it as failed rather
+                // than invent an account.
+                _ => RecordedAccountCreation::Failed {
+                    reason: "account creation record is incomplete".into(),
+                },
+            };
+            (uuid, recorded)
+        })
+        .collect())
+}
+
+/// Which of these IBANs already have a `balance` row.
+pub fn existing_ibans(conn: &mut PgConnection, ibans: &[&str]) -> QueryResult<Vec<String>> {
+    balance::table
+        .filter(balance::iban.eq_any(ibans))
+        .select(balance::iban)
+        .load(conn)
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = balance)]
+pub struct NewBalance<'a> {
+    pub iban: &'a str,
+    pub token: &'a str,
+    pub amount: i64,
+    pub account_type: &'a str,
+    pub lmt: i64,
+}
+
+impl<'a> NewBalance<'a> {
+    pub fn new_account(iban: &'a str, token: &'a str, account_type: AccountType) -> Self {
+        NewBalance {
+            iban,
+            token,
+            amount: 0,
+            account_type: account_type.as_str(),
+            lmt: NEW_ACCOUNT_LIMIT,
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cac)]
+pub struct NewAccountCreation<'a> {
+    pub uuid: Uuid,
+    pub iban: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub account_type: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+pub fn insert_balances(conn: &mut PgConnection, rows: &[NewBalance<'_>]) -> QueryResult<usize> {
+    diesel::insert_into(balance::table)
+        .values(rows)
+        .execute(conn)
+}
+
+pub fn insert_account_creations(
+    conn: &mut PgConnection,
+    rows: &[NewAccountCreation<'_>],
+) -> QueryResult<usize> {
+    diesel::insert_into(cac::table).values(rows).execute(conn)
+}
+
+// ---------------------------------------------------------------- money transfer
+
+/// Where in Kafka a command was read: partition and offset of its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordPosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedTransfer {
+    pub reason: Option<String>,
+    pub first_seen_at: Option<RecordPosition>,
+}
+
+pub fn recorded_transfers(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, RecordedTransfer>> {
+    let rows: Vec<(Uuid, Option<String>, Option<i32>, Option<i64>)> = cmt::table
+        .filter(cmt::uuid.eq_any(ids))
+        .select((
+            cmt::uuid,
+            cmt::reason,
+            cmt::source_partition,
+            cmt::source_offset,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(uuid, reason, partition, offset)| {
+            let first_seen_at = partition
+                .zip(offset)
+                .map(|(partition, offset)| RecordPosition { partition, offset });
+            (
+                uuid,
+                RecordedTransfer {
+                    reason,
+                    first_seen_at,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The BalanceChanged events recorded for these transfers, in their original order.
+pub fn recorded_balance_changes(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, Vec<BalanceChange>>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, String, i64, i64, Vec<u8>, Vec<u8>)> = cmt_balance_changed::table
+        .filter(cmt_balance_changed::cmt_uuid.eq_any(ids))
+        .order((cmt_balance_changed::cmt_uuid, cmt_balance_changed::position))
+        .select((
+            cmt_balance_changed::cmt_uuid,
+            cmt_balance_changed::iban,
+            cmt_balance_changed::new_balance,
+            cmt_balance_changed::changed_by,
+            cmt_balance_changed::from_to,
+            cmt_balance_changed::description,
+        ))
+        .load(conn)?;
+    let mut events: HashMap<Uuid, Vec<BalanceChange>> = HashMap::new();
+    for (uuid, iban, new_balance, changed_by, from_to, description) in rows {
+        // Written from Rust strings, so valid UTF-8 unless edited by hand.
+        let text = |bytes: Vec<u8>| {
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
+        events.entry(uuid).or_default().push(BalanceChange {
+            iban,
+            new_balance,
+            changed_by,
+            from_to: text(from_to),
+            description: text(description),
+        });
+    }
+    Ok(events)
+}
+
+/// Loads and locks (`FOR UPDATE`) the accounts with these IBANs. Rows are locked in
+/// IBAN order, so two transactions locking overlapping sets cannot deadlock.
+pub fn lock_accounts(
+    conn: &mut PgConnection,
+    ibans: &[&str],
+) -> QueryResult<HashMap<Iban, Account>> {
+    let rows: Vec<(String, String, i64, i64)> = balance::table
+        .filter(balance::iban.eq_any(ibans))
+        .order(balance::iban)
+        .for_update()
+        .select((balance::iban, balance::token, balance::amount, balance::lmt))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        // The caller asked only for valid IBANs, so every row parses.
+        .filter_map(|(iban, token, amount, lmt)| {
+            let iban = Iban::parse(&iban)?;
+            Some((
+                iban.clone(),
+                Account {
+                    iban,
+                    token,
+                    amount,
+                    lmt,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Sets the amounts of these (locked) accounts in one statement.
+pub fn update_amounts(
+    conn: &mut PgConnection,
+    ibans: &[&str],
+    amounts: &[i64],
+) -> QueryResult<usize> {
+    if ibans.is_empty() {
+        return Ok(0);
+    }
+    diesel::sql_query(
+        "UPDATE balance SET amount = changed.amount \
+         FROM unnest($1::text[], $2::bigint[]) AS changed(iban, amount) \
+         WHERE balance.iban = changed.iban",
+    )
+    .bind::<Array<Text>, _>(ibans)
+    .bind::<Array<BigInt>, _>(amounts)
+    .execute(conn)
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cmt)]
+pub struct NewTransfer<'a> {
+    pub uuid: Uuid,
+    pub reason: Option<&'a str>,
+    pub source_partition: Option<i32>,
+    pub source_offset: Option<i64>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = cmt_balance_changed)]
+pub struct NewBalanceChange<'a> {
+    pub cmt_uuid: Uuid,
+    pub position: i16,
+    pub iban: &'a str,
+    pub new_balance: i64,
+    pub changed_by: i64,
+    pub from_to: &'a [u8],
+    pub description: &'a [u8],
+}
+
+pub fn insert_transfers(conn: &mut PgConnection, rows: &[NewTransfer<'_>]) -> QueryResult<usize> {
+    diesel::insert_into(cmt::table).values(rows).execute(conn)
+}
+
+pub fn insert_balance_changes(
+    conn: &mut PgConnection,
+    rows: &[NewBalanceChange<'_>],
+) -> QueryResult<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    diesel::insert_into(cmt_balance_changed::table)
+        .values(rows)
+        .execute(conn)
+}

@@ -50,7 +50,8 @@ pub enum CommandTopic {
 #[derive(Debug)]
 pub struct Outbound {
     pub topic: String,
-    pub key: Vec<u8>,
+    /// None only for a dead letter of a record that had no key.
+    pub key: Option<Vec<u8>>,
     pub body: OutboundBody,
 }
 
@@ -126,8 +127,11 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
     }
     let batch = BatchDelivery::new(request.records.len(), request.done);
     for (outbound, payload) in request.records.iter().zip(payloads) {
-        let mut record =
-            BaseRecord::with_opaque_to(&outbound.topic, Arc::clone(&batch)).key(&outbound.key);
+        let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>, _> =
+            BaseRecord::with_opaque_to(&outbound.topic, Arc::clone(&batch));
+        if let Some(key) = &outbound.key {
+            record = record.key(key);
+        }
         if let Some(payload) = &payload {
             record = record.payload(payload);
         }
@@ -404,7 +408,7 @@ impl CommandLoop {
 
         let mut outbound = Vec::with_capacity(batch.len() * 2);
         for (message, intake) in batch.iter().zip(intake) {
-            let key = message.key().unwrap_or_default().to_vec();
+            let key = message.key().map(<[u8]>::to_vec);
             match intake {
                 Intake::DeadLetter(reason) => {
                     warn!(
@@ -447,7 +451,7 @@ impl CommandLoop {
                     for change in answer.balance_changes {
                         outbound.push(Outbound {
                             topic: self.topics.balance_changed.clone(),
-                            key: change.iban.clone().into_bytes(),
+                            key: Some(change.iban.clone().into_bytes()),
                             body: OutboundBody::Record(OutputRecord::BalanceChanged(change)),
                         });
                     }
@@ -479,7 +483,7 @@ impl CommandLoop {
             });
         Outbound {
             topic: self.topics.dead_letter.clone(),
-            key: message.key().unwrap_or_default().to_vec(),
+            key: message.key().map(<[u8]>::to_vec),
             body: OutboundBody::DeadLetter {
                 value: message.payload().map(<[u8]>::to_vec),
                 headers,

@@ -496,6 +496,7 @@ mod tests {
     /// The datum part of the wire format, decoded by hand-made bytes: the first field of a
     /// ConfirmMoneyTransfer is the 16 raw UUID bytes, then zig-zag varint strings/longs.
     #[test]
+    #[allow(deprecated)] // from_avro_datum is the shortest way to decode one datum
     fn money_transfer_datum_decodes_into_the_typed_record() {
         let id = Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap();
         let mut datum = id.as_bytes().to_vec();

@@ -1,0 +1,820 @@
+//! Integration-test harness: the real handler binary against the real local stack
+//! (Kafka, PostgreSQL and the registry started by `dev/stack up`; `dev/test` does it).
+//!
+//! Each test gets its own topics, consumer group and database, created here and
+//! removed on drop. The tests talk to the handler only as other Open Bank services do:
+//! commands in over Kafka with JVM-style writer schemas, answers read back from Kafka
+//! and decoded by hand from the Confluent wire format (magic byte, big-endian schema
+//! id, Avro datum), so a codec bug in the handler cannot hide behind the same codec in
+//! the test.
+#![allow(dead_code)] // not every test uses every helper
+#![allow(deprecated)] // {to,from}_avro_datum: the plainest one-datum codec, fine for a test client
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use schema_registry_converter::blocking::schema_registry::{
+    SrSettings, get_schema_by_id, post_schema,
+};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use uuid::Uuid;
+
+/// How long a test waits for something the handler should do. Generous: CI machines
+/// are shared; the wait ends as soon as the condition holds.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub const BANK_IBAN: &str = "NL66OPEN0000000000";
+pub const BANK_TOKEN: &str = "00000000000000000000";
+
+/// Where the local stack is, read from the env file `dev/stack up` writes.
+pub struct Stack {
+    pub brokers: String,
+    pub registry_url: String,
+    pub db_host: String,
+    pub db_port: String,
+    pub admin_database_url: String,
+    pub kafka_version: String,
+}
+
+impl Stack {
+    pub fn get() -> &'static Stack {
+        static STACK: OnceLock<Stack> = OnceLock::new();
+        STACK.get_or_init(|| {
+            let path = std::env::var_os("OPEN_BANK_STACK_ENV")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/stack/env"));
+            let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "the local stack is not running ({}: {e}). Run the tests with `dev/test`, \
+                     or start the stack with `dev/stack up` first.",
+                    path.display()
+                )
+            });
+            let vars: HashMap<String, String> = text
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("export ").or(Some(line.trim())))
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.trim_matches(|c| c == '"' || c == '\'').to_string(),
+                    )
+                })
+                .collect();
+            let get = |name: &str| {
+                vars.get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+            };
+            Stack {
+                brokers: get("KAFKA_BROKERS"),
+                registry_url: get("SCHEMA_REGISTRY_URL"),
+                db_host: get("DB_HOSTNAME"),
+                db_port: get("DB_PORT"),
+                admin_database_url: get("TEST_ADMIN_DATABASE_URL"),
+                kafka_version: vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
+            }
+        })
+    }
+
+    pub fn registry(&self) -> SrSettings {
+        SrSettings::new(self.registry_url.clone())
+    }
+
+    pub fn admin_connection(&self) -> PgConnection {
+        PgConnection::establish(&self.admin_database_url)
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"))
+    }
+}
+
+/// JVM-style writer schemas for the commands (string types carry Java properties),
+/// written here independently of the handler's own schemas.
+pub const CONFIRM_ACCOUNT_CREATION_SCHEMA: &str = r#"{"type":"record","name":"ConfirmAccountCreation","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"a_type","type":{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}}]}"#;
+pub const CONFIRM_MONEY_TRANSFER_SCHEMA: &str = r#"{"type":"record","name":"ConfirmMoneyTransfer","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"token","type":{"type":"string","avro.java.string":"String"}},{"name":"amount","type":"long"},{"name":"from","type":{"type":"string","avro.java.string":"String"}},{"name":"to","type":{"type":"string","avro.java.string":"String"}},{"name":"description","type":{"type":"string","avro.java.string":"String"}}]}"#;
+
+/// A transfer command as a test writes it.
+#[derive(Clone, Debug)]
+pub struct TransferCmd {
+    pub id: Uuid,
+    pub token: String,
+    pub amount: i64,
+    pub from: String,
+    pub to: String,
+    pub description: String,
+}
+
+impl TransferCmd {
+    pub fn new(token: &str, amount: i64, from: &str, to: &str) -> Self {
+        TransferCmd {
+            id: Uuid::new_v4(),
+            token: token.to_string(),
+            amount,
+            from: from.to_string(),
+            to: to.to_string(),
+            description: format!("test transfer of {amount}"),
+        }
+    }
+
+    pub fn fields(&self) -> Vec<(String, Value)> {
+        vec![
+            ("id".into(), Value::Fixed(16, self.id.as_bytes().to_vec())),
+            ("token".into(), Value::String(self.token.clone())),
+            ("amount".into(), Value::Long(self.amount)),
+            ("from".into(), Value::String(self.from.clone())),
+            ("to".into(), Value::String(self.to.clone())),
+            (
+                "description".into(),
+                Value::String(self.description.clone()),
+            ),
+        ]
+    }
+}
+
+/// A record the handler wrote, decoded by hand from the wire format.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Full record name and fields, for values in the Confluent wire format.
+    pub record: Option<(String, BTreeMap<String, Value>)>,
+    pub schema_id: Option<u32>,
+}
+
+impl Output {
+    pub fn key_text(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+    pub fn record_name(&self) -> &str {
+        self.record
+            .as_ref()
+            .map(|(name, _)| name.as_str())
+            .unwrap_or("")
+    }
+    pub fn field(&self, name: &str) -> &Value {
+        let (record, fields) = self.record.as_ref().expect("a decoded record");
+        fields
+            .get(name)
+            .unwrap_or_else(|| panic!("{record} has no field {name}"))
+    }
+    pub fn string(&self, name: &str) -> String {
+        match self.field(name) {
+            Value::String(s) => s.clone(),
+            other => panic!("{name} is not a string: {other:?}"),
+        }
+    }
+    pub fn long(&self, name: &str) -> i64 {
+        match self.field(name) {
+            Value::Long(n) => *n,
+            other => panic!("{name} is not a long: {other:?}"),
+        }
+    }
+    pub fn id(&self) -> Uuid {
+        match self.field("id") {
+            Value::Fixed(16, bytes) => Uuid::from_slice(bytes).unwrap(),
+            other => panic!("id is not a 16-byte fixed: {other:?}"),
+        }
+    }
+    pub fn enum_symbol(&self, name: &str) -> String {
+        match self.field(name) {
+            Value::Enum(_, symbol) => symbol.clone(),
+            other => panic!("{name} is not an enum: {other:?}"),
+        }
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+    /// A short form of the answer for equality checks.
+    pub fn summary(&self) -> String {
+        match &self.record {
+            Some((name, fields)) => format!("{name} {fields:?}"),
+            None => format!("raw {:?}", self.value),
+        }
+    }
+}
+
+pub struct Topics {
+    pub cac: String,
+    pub acf: String,
+    pub cmt: String,
+    pub mtf: String,
+    pub bc: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    fn outputs(&self) -> [&String; 4] {
+        [&self.acf, &self.mtf, &self.bc, &self.dlq]
+    }
+}
+
+/// Everything one test owns: topics, a database, a consumer group, handler processes,
+/// and a client that writes commands and reads the handler's output.
+pub struct TestEnv {
+    pub name: String,
+    pub topics: Topics,
+    pub partitions: i32,
+    pub database: String,
+    pub group: String,
+    handlers: Vec<Handler>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    collector: BaseConsumer,
+    schema_cache: HashMap<u32, Schema>,
+    outputs: Vec<Output>,
+    command_schema_ids: HashMap<&'static str, u32>,
+}
+
+impl TestEnv {
+    pub fn new(test: &str) -> TestEnv {
+        TestEnv::with_partitions(test, 3)
+    }
+
+    pub fn with_partitions(test: &str, partitions: i32) -> TestEnv {
+        let stack = Stack::get();
+        let name = format!("{test}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let topics = Topics {
+            cac: format!("{name}.cac"),
+            acf: format!("{name}.acf"),
+            cmt: format!("{name}.cmt"),
+            mtf: format!("{name}.mtf"),
+            bc: format!("{name}.bc"),
+            dlq: format!("{name}.dlq"),
+        };
+        create_topics(
+            &[
+                &topics.cac,
+                &topics.acf,
+                &topics.cmt,
+                &topics.mtf,
+                &topics.bc,
+                &topics.dlq,
+            ],
+            partitions,
+        );
+        let database = format!("t_{name}");
+        diesel::sql_query(format!("CREATE DATABASE \"{database}\" OWNER clojure_ch"))
+            .execute(&mut stack.admin_connection())
+            .unwrap_or_else(|e| panic!("cannot create database {database}: {e}"));
+
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &stack.brokers)
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .create()
+            .expect("test producer");
+        let collector: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &stack.brokers)
+            .set("group.id", format!("{name}.collector"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("test consumer");
+        let mut assignment = TopicPartitionList::new();
+        for topic in topics.outputs() {
+            for partition in 0..partitions {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        collector.assign(&assignment).expect("assign output topics");
+
+        let mut env = TestEnv {
+            group: format!("{name}.handler"),
+            name,
+            topics,
+            partitions,
+            database,
+            handlers: Vec::new(),
+            producer,
+            collector,
+            schema_cache: HashMap::new(),
+            outputs: Vec::new(),
+            command_schema_ids: HashMap::new(),
+        };
+        env.command_schema_ids.insert(
+            "cac",
+            env.register(
+                &env.topics.cac.clone(),
+                "ConfirmAccountCreation",
+                CONFIRM_ACCOUNT_CREATION_SCHEMA,
+            ),
+        );
+        env.command_schema_ids.insert(
+            "cmt",
+            env.register(
+                &env.topics.cmt.clone(),
+                "ConfirmMoneyTransfer",
+                CONFIRM_MONEY_TRANSFER_SCHEMA,
+            ),
+        );
+        env
+    }
+
+    /// Registers a writer schema under `<topic>-nl.openweb.data.<record>`; its id.
+    pub fn register(&self, topic: &str, record: &str, schema: &str) -> u32 {
+        let subject = format!("{topic}-nl.openweb.data.{record}");
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        post_schema(&Stack::get().registry(), subject.clone(), supplied)
+            .unwrap_or_else(|e| panic!("cannot register {subject}: {e}"))
+            .id
+    }
+
+    pub fn database_url(&self) -> String {
+        let stack = Stack::get();
+        format!(
+            "postgres://clojure_ch:open-bank@{}:{}/{}",
+            stack.db_host, stack.db_port, self.database
+        )
+    }
+
+    /// The handler's environment for this test, as a deployment would set it.
+    pub fn handler_env(&self) -> Vec<(String, String)> {
+        let stack = Stack::get();
+        [
+            ("KAFKA_BROKERS", stack.brokers.clone()),
+            ("SCHEMA_REGISTRY_URL", stack.registry_url.clone()),
+            ("DATABASE_URL", self.database_url()),
+            ("KAFKA_CAC_TOPIC", self.topics.cac.clone()),
+            ("KAFKA_ACF_TOPIC", self.topics.acf.clone()),
+            ("KAFKA_CMT_TOPIC", self.topics.cmt.clone()),
+            ("KAFKA_MTF_TOPIC", self.topics.mtf.clone()),
+            ("KAFKA_BC_TOPIC", self.topics.bc.clone()),
+            ("KAFKA_DEAD_LETTER_TOPIC", self.topics.dlq.clone()),
+            ("KAFKA_CLIENT_ID", self.group.clone()),
+            (
+                "RUST_LOG",
+                "warn,open_bank_command_handler=debug".to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Starts a handler process with this test's environment plus `overrides`.
+    pub fn start_handler(&mut self, overrides: &[(&str, &str)]) -> usize {
+        let mut vars = self.handler_env();
+        for (key, value) in overrides {
+            vars.retain(|(k, _)| k != key);
+            vars.push((key.to_string(), value.to_string()));
+        }
+        let index = self.handlers.len();
+        self.handlers
+            .push(Handler::start(&format!("{}-{index}", self.name), &vars));
+        index
+    }
+
+    pub fn handler(&mut self, index: usize) -> &mut Handler {
+        &mut self.handlers[index]
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn produce(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        partition: Option<i32>,
+    ) {
+        let mut record: BaseRecord<[u8], [u8]> = BaseRecord::to(topic);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| e)
+            .expect("queue a command");
+    }
+
+    /// Waits until every command sent so far is in Kafka.
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .expect("commands reach Kafka");
+    }
+
+    /// Wire-format bytes made by hand: magic byte 0, schema id big-endian, datum.
+    pub fn wire_bytes(schema_id: u32, schema: &str, fields: Vec<(String, Value)>) -> Vec<u8> {
+        let schema = Schema::parse_str(schema).expect("test schema");
+        let datum = apache_avro::to_avro_datum(&schema, Value::Record(fields))
+            .expect("encode test command");
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&schema_id.to_be_bytes());
+        bytes.extend_from_slice(&datum);
+        bytes
+    }
+
+    pub fn send_account_creation(&self, id: Uuid, a_type: &str) {
+        let index = if a_type == "AUTO" { 0 } else { 1 };
+        let fields = vec![
+            ("id".to_string(), Value::Fixed(16, id.as_bytes().to_vec())),
+            ("a_type".to_string(), Value::Enum(index, a_type.to_string())),
+        ];
+        let bytes = TestEnv::wire_bytes(
+            self.command_schema_ids["cac"],
+            CONFIRM_ACCOUNT_CREATION_SCHEMA,
+            fields,
+        );
+        self.produce(
+            &self.topics.cac,
+            Some(id.to_string().as_bytes()),
+            Some(&bytes),
+            None,
+        );
+    }
+
+    pub fn send_transfer(&self, command: &TransferCmd) {
+        self.send_transfer_to_partition(command, None);
+    }
+
+    pub fn send_transfer_to_partition(&self, command: &TransferCmd, partition: Option<i32>) {
+        let bytes = TestEnv::wire_bytes(
+            self.command_schema_ids["cmt"],
+            CONFIRM_MONEY_TRANSFER_SCHEMA,
+            command.fields(),
+        );
+        self.produce(
+            &self.topics.cmt,
+            Some(command.id.to_string().as_bytes()),
+            Some(&bytes),
+            partition,
+        );
+    }
+
+    /// Sends anything to a command topic, for poison-record tests.
+    pub fn send_raw(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
+        self.produce(topic, key, value, None);
+    }
+
+    // ------------------------------------------------------------------ answers
+
+    /// Reads output until `done` holds for everything read so far, or fails the test
+    /// at the deadline showing what was read.
+    pub fn collect_until(&mut self, what: &str, done: impl Fn(&[Output]) -> bool) -> &[Output] {
+        let deadline = Instant::now() + WAIT;
+        while !done(&self.outputs) {
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .outputs
+                    .iter()
+                    .map(|o| format!("{}: {}", o.topic, o.summary()))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}; read {} records:\n{}",
+                    seen.len(),
+                    seen.join("\n")
+                );
+            }
+            self.poll_outputs(Duration::from_millis(100));
+        }
+        &self.outputs
+    }
+
+    /// Reads whatever arrives during `quiet` (to check that nothing more comes).
+    pub fn collect_for(&mut self, quiet: Duration) -> &[Output] {
+        let until = Instant::now() + quiet;
+        while Instant::now() < until {
+            self.poll_outputs(Duration::from_millis(100));
+        }
+        &self.outputs
+    }
+
+    fn poll_outputs(&mut self, timeout: Duration) {
+        let Some(result) = self.collector.poll(timeout) else {
+            return;
+        };
+        let message = result.expect("reading output topics");
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let value = message.payload().map(<[u8]>::to_vec);
+        let mut output = Output {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: value.clone(),
+            headers,
+            record: None,
+            schema_id: None,
+        };
+        if output.topic != self.topics.dlq {
+            let bytes = value.unwrap_or_else(|| panic!("{} record without value", output.topic));
+            let (schema_id, record) = self.decode_wire(&bytes);
+            output.schema_id = Some(schema_id);
+            output.record = Some(record);
+        }
+        self.outputs.push(output);
+    }
+
+    /// Decodes the Confluent wire format by hand.
+    fn decode_wire(&mut self, bytes: &[u8]) -> (u32, (String, BTreeMap<String, Value>)) {
+        assert!(
+            bytes.len() >= 5,
+            "value shorter than the wire header: {bytes:?}"
+        );
+        assert_eq!(bytes[0], 0, "magic byte");
+        let schema_id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+        let schema = self.schema_cache.entry(schema_id).or_insert_with(|| {
+            let registered =
+                get_schema_by_id(schema_id, &Stack::get().registry()).unwrap_or_else(|e| {
+                    panic!("schema id {schema_id} of an output is unknown to the registry: {e}")
+                });
+            Schema::parse_str(&registered.schema).expect("registered schema parses")
+        });
+        let name = match &*schema {
+            Schema::Record(record) => record.name.fullname(None),
+            other => panic!("output schema is not a record: {other:?}"),
+        };
+        let value = apache_avro::from_avro_datum(schema, &mut &bytes[5..], None)
+            .expect("datum matches its schema");
+        let Value::Record(fields) = value else {
+            panic!("not a record")
+        };
+        (schema_id, (name, fields.into_iter().collect()))
+    }
+
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    pub fn on_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Output> + 'a {
+        self.outputs.iter().filter(move |o| o.topic == topic)
+    }
+
+    /// Feedback records (on either feedback topic) answering this command id.
+    pub fn answers_to(&self, id: Uuid) -> Vec<&Output> {
+        self.outputs
+            .iter()
+            .filter(|o| (o.topic == self.topics.acf || o.topic == self.topics.mtf) && o.id() == id)
+            .collect()
+    }
+
+    /// Waits for at least one answer to each id; the first answer of each.
+    pub fn await_answers(&mut self, ids: &[Uuid]) -> Vec<Output> {
+        let (acf, mtf) = (self.topics.acf.clone(), self.topics.mtf.clone());
+        let wanted: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+        self.collect_until(&format!("answers to {} commands", ids.len()), |outputs| {
+            let answered: std::collections::HashSet<Uuid> = outputs
+                .iter()
+                .filter(|o| o.topic == acf || o.topic == mtf)
+                .map(Output::id)
+                .filter(|id| wanted.contains(id))
+                .collect();
+            answered.len() == wanted.len()
+        });
+        ids.iter()
+            .map(|id| self.answers_to(*id)[0].clone())
+            .collect()
+    }
+
+    pub fn await_answer(&mut self, id: Uuid) -> Output {
+        self.await_answers(&[id]).remove(0)
+    }
+
+    /// Opens an account through the handler; its IBAN and token.
+    pub fn open_account(&mut self) -> (String, String) {
+        let id = Uuid::new_v4();
+        self.send_account_creation(id, "MANUAL");
+        self.flush();
+        let answer = self.await_answer(id);
+        assert_eq!(
+            answer.record_name(),
+            "nl.openweb.data.AccountCreationConfirmed",
+            "{}",
+            answer.summary()
+        );
+        (answer.string("iban"), answer.string("token"))
+    }
+
+    /// Sends a transfer and returns its answer: None if confirmed, else the reason.
+    pub fn transfer(&mut self, command: &TransferCmd) -> Option<String> {
+        self.send_transfer(command);
+        self.flush();
+        let answer = self.await_answer(command.id);
+        match answer.record_name() {
+            "nl.openweb.data.MoneyTransferConfirmed" => None,
+            "nl.openweb.data.MoneyTransferFailed" => Some(answer.string("reason")),
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+
+    pub fn balance_changes_for(&self, iban: &str) -> Vec<&Output> {
+        self.on_topic(&self.topics.bc)
+            .filter(|o| o.string("iban") == iban)
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ database
+
+    pub fn db(&self) -> PgConnection {
+        PgConnection::establish(&self.database_url()).expect("connect to the test database")
+    }
+
+    /// The amount of an account, straight from the `balance` table.
+    pub fn amount(&self, iban: &str) -> Option<i64> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            amount: i64,
+        }
+        diesel::sql_query("SELECT amount FROM balance WHERE iban = $1")
+            .bind::<Text, _>(iban)
+            .get_result::<Row>(&mut self.db())
+            .optional()
+            .expect("query balance")
+            .map(|row| row.amount)
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for handler in &mut self.handlers {
+            handler.kill();
+            if failed {
+                handler.print_log_tail(60);
+            }
+        }
+        let stack = Stack::get();
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        ))
+        .execute(&mut stack.admin_connection());
+        let topics = [
+            &self.topics.cac,
+            &self.topics.acf,
+            &self.topics.cmt,
+            &self.topics.mtf,
+            &self.topics.bc,
+            &self.topics.dlq,
+        ];
+        delete_topics(&topics);
+    }
+}
+
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &Stack::get().brokers)
+        .create()
+        .expect("admin client")
+}
+
+pub fn create_topics(names: &[&String], partitions: i32) {
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures_executor::block_on(admin().create_topics(&topics, &options))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach Kafka at {} to create topics: {e}",
+                Stack::get().brokers
+            )
+        });
+    for result in results {
+        if let Err((topic, error)) = result {
+            panic!("cannot create topic {topic}: {error}");
+        }
+    }
+}
+
+fn delete_topics(names: &[&String]) {
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let _ = futures_executor::block_on(admin().delete_topics(&names, &AdminOptions::new()));
+}
+
+/// A handler process, its output captured to `target/test-logs/`.
+pub struct Handler {
+    child: Child,
+    pub log_path: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Handler {
+    pub fn binary() -> &'static str {
+        env!("CARGO_BIN_EXE_command-handler")
+    }
+
+    pub fn start(name: &str, vars: &[(String, String)]) -> Handler {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("handler-logs");
+        fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(Handler::binary())
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", Handler::binary()));
+        Handler {
+            child,
+            log_path,
+            exit: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn print_log_tail(&self, lines: usize) {
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        eprintln!("---- last lines of {} ----", self.log_path.display());
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.exit = Some(status);
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.print_log_tail(40);
+                panic!("handler {} did not exit within {limit:?}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the handler logged `text`, or fails the test.
+    pub fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.print_log_tail(40);
+                panic!("handler exited ({status}) before logging {text:?}");
+            }
+            if Instant::now() > deadline {
+                self.print_log_tail(40);
+                panic!("handler did not log {text:?} in time");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real handler binary against real Kafka, PostgreSQL and the
+//! registry of the local stack (see `harness`). One test binary, so the (slow) link
+//! happens once; the tests in it run in parallel, each on its own topics and database.
+
+mod harness;
+
+mod accounts;
+mod bad_input;
+mod concurrency;
+mod lifecycle;
+mod replay;
+mod transfers;

@@ -115,22 +115,33 @@ fn starts_on_a_database_the_jvm_handler_filled() {
 
 #[test]
 fn invalid_configuration_stops_start_up_naming_the_variable() {
-    for (variable, value) in [
-        ("DB_PORT", "fifty"),
-        ("KAFKA_MTF_TOPIC", "no spaces allowed"),
-        ("KAFKA_SSL_KEY_LOCATION", "/tmp/key.pem"),
-    ] {
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        ("DB_PORT", &[("DB_PORT", "fifty")]),
+        (
+            "KAFKA_MTF_TOPIC",
+            &[("KAFKA_MTF_TOPIC", "no spaces allowed")],
+        ),
+        (
+            "KAFKA_SSL_KEY_LOCATION",
+            &[
+                ("KAFKA_SSL_CA_LOCATION", "/etc/hostname"),
+                ("KAFKA_SSL_CERT_LOCATION", "/etc/hostname"),
+                ("KAFKA_SSL_KEY_PASSWORD", "pw"),
+            ],
+        ),
+    ];
+    for (variable, vars) in cases {
         let output = Command::new(Handler::binary())
             .env_clear()
-            .env(variable, value)
+            .envs(vars.iter().copied())
             .output()
             .unwrap();
-        assert!(
-            !output.status.success(),
-            "{variable}={value} must stop start-up"
-        );
+        assert!(!output.status.success(), "{vars:?} must stop start-up");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(variable), "{variable}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid configuration: {variable}:")),
+            "{variable}: {stderr}"
+        );
     }
 }
 

@@ -493,6 +493,37 @@ mod tests {
         }
     }
 
+    /// A decoder whose registry is a closed loopback port: any lookup is refused.
+    fn decoder_without_registry() -> CommandDecoder {
+        CommandDecoder::new(registry_settings("http://127.0.0.1:9").unwrap())
+    }
+
+    #[test]
+    fn values_not_in_the_wire_format_are_malformed_without_asking_the_registry() {
+        let decoder = decoder_without_registry();
+        for bytes in [
+            &[1u8, 0, 0, 0, 1, 2][..],
+            &[0, 0, 0][..],
+            &[][..],
+            &[0xde, 0xad, 0xbe, 0xef, 0, 0][..],
+        ] {
+            match decoder.decode_money_transfer(bytes) {
+                Err(DecodeError::Malformed(_)) => {}
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_transient_not_a_bad_record() {
+        // Magic byte 0, schema id 7 big-endian, then a datum.
+        let bytes = [0u8, 0, 0, 0, 7, 2, 4];
+        match decoder_without_registry().decode_account_creation(&bytes) {
+            Err(DecodeError::RegistryUnavailable(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The datum part of the wire format, decoded by hand-made bytes: the first field of a
     /// ConfirmMoneyTransfer is the 16 raw UUID bytes, then zig-zag varint strings/longs.
     #[test]

@@ -15,7 +15,8 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::rules::{
-    self, AccountType, BalanceChange, IBAN_ATTEMPTS, Iban, Transfer, settle_transfer,
+    self, AccountCreationOutcome, AccountType, BalanceChange, IBAN_ATTEMPTS, Iban, Transfer,
+    settle_transfer,
 };
 use crate::storage::{
     self, NewAccountCreation, NewBalance, NewBalanceChange, NewTransfer, RecordPosition,
@@ -28,18 +29,6 @@ pub const IBAN_TAKEN: &str = "generated iban already exists, try again";
 pub struct AccountCreationCommand {
     pub id: Uuid,
     pub account_type: AccountType,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AccountCreationAnswer {
-    Confirmed {
-        iban: String,
-        token: String,
-        account_type: AccountType,
-    },
-    Failed {
-        reason: String,
-    },
 }
 
 /// A ConfirmMoneyTransfer, with the position of the record that carried it.
@@ -62,14 +51,11 @@ pub struct TransferAnswer {
 pub fn handle_account_creations(
     conn: &mut PgConnection,
     commands: &[AccountCreationCommand],
-) -> QueryResult<Vec<AccountCreationAnswer>> {
+) -> QueryResult<Vec<AccountCreationOutcome>> {
     conn.transaction(|conn| {
         let ids: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
-        let mut answers: HashMap<Uuid, AccountCreationAnswer> =
-            storage::recorded_account_creations(conn, &ids)?
-                .into_iter()
-                .map(|(id, recorded)| (id, recorded_account_answer(recorded)))
-                .collect();
+        let mut answers: HashMap<Uuid, AccountCreationOutcome> =
+            storage::recorded_account_creations(conn, &ids)?;
 
         // Commands seen for the first time (once each, even if the batch repeats an id).
         let mut seen = HashSet::new();
@@ -133,11 +119,11 @@ pub fn handle_account_creations(
         for command in &fresh {
             let (iban, token) = &drawn[&command.id];
             let answer = if failed.contains(&command.id) {
-                AccountCreationAnswer::Failed {
+                AccountCreationOutcome::Failed {
                     reason: IBAN_TAKEN.to_string(),
                 }
             } else {
-                AccountCreationAnswer::Confirmed {
+                AccountCreationOutcome::Confirmed {
                     iban: iban.to_string(),
                     token: token.clone(),
                     account_type: command.account_type,
@@ -147,23 +133,6 @@ pub fn handle_account_creations(
         }
         Ok(commands.iter().map(|c| answers[&c.id].clone()).collect())
     })
-}
-
-fn recorded_account_answer(recorded: storage::RecordedAccountCreation) -> AccountCreationAnswer {
-    match recorded {
-        storage::RecordedAccountCreation::Confirmed {
-            iban,
-            token,
-            account_type,
-        } => AccountCreationAnswer::Confirmed {
-            iban,
-            token,
-            account_type,
-        },
-        storage::RecordedAccountCreation::Failed { reason } => {
-            AccountCreationAnswer::Failed { reason }
-        }
-    }
 }
 
 /// Applies the transfers not seen before, in command order; answers, in command order.

@@ -34,9 +34,10 @@ use rdkafka::producer::{BaseRecord, Producer};
 use uuid::Uuid;
 
 use crate::config::Topics;
-use crate::handler::{self, AccountCreationAnswer, AccountCreationCommand, TransferCommand};
+use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
 use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
+use crate::rules::AccountCreationOutcome;
 use crate::storage::{PgPool, RecordPosition};
 
 /// Which of the two command topics a loop consumes.
@@ -578,9 +579,9 @@ impl CommandLoop {
     }
 }
 
-fn account_record(id: Uuid, answer: AccountCreationAnswer) -> OutputRecord {
+fn account_record(id: Uuid, answer: AccountCreationOutcome) -> OutputRecord {
     match answer {
-        AccountCreationAnswer::Confirmed {
+        AccountCreationOutcome::Confirmed {
             iban,
             token,
             account_type,
@@ -590,7 +591,7 @@ fn account_record(id: Uuid, answer: AccountCreationAnswer) -> OutputRecord {
             token,
             a_type: account_type,
         },
-        AccountCreationAnswer::Failed { reason } => {
+        AccountCreationOutcome::Failed { reason } => {
             OutputRecord::AccountCreationFailed { id, reason }
         }
     }

@@ -111,6 +111,19 @@ impl AccountType {
     }
 }
 
+/// What became of a ConfirmAccountCreation: the answer given, and given again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountCreationOutcome {
+    Confirmed {
+        iban: String,
+        token: String,
+        account_type: AccountType,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
 /// One `balance` row as the rules need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {

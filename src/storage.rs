@@ -12,7 +12,9 @@ use diesel::sql_types::{Array, BigInt, Bool, Text};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use uuid::Uuid;
 
-use crate::rules::{Account, AccountType, BalanceChange, Iban, NEW_ACCOUNT_LIMIT};
+use crate::rules::{
+    Account, AccountCreationOutcome, AccountType, BalanceChange, Iban, NEW_ACCOUNT_LIMIT,
+};
 use crate::schema::{balance, cac, cmt, cmt_balance_changed};
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
@@ -52,23 +54,11 @@ pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
 
 // ---------------------------------------------------------------- account creation
 
-/// What `cac` recorded for a command id: the answer to give again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecordedAccountCreation {
-    Confirmed {
-        iban: String,
-        token: String,
-        account_type: AccountType,
-    },
-    Failed {
-        reason: String,
-    },
-}
-
+/// What `cac` recorded for these command ids: the answers to give again.
 pub fn recorded_account_creations(
     conn: &mut PgConnection,
     ids: &[Uuid],
-) -> QueryResult<HashMap<Uuid, RecordedAccountCreation>> {
+) -> QueryResult<HashMap<Uuid, AccountCreationOutcome>> {
     let rows: Vec<(
         Uuid,
         Option<String>,
@@ -95,16 +85,16 @@ pub fn recorded_account_creations(
                 account_type.as_deref().and_then(AccountType::parse),
             ) {
                 (None, Some(iban), Some(token), Some(account_type)) => {
-                    RecordedAccountCreation::Confirmed {
+                    AccountCreationOutcome::Confirmed {
                         iban,
                         token,
                         account_type,
                     }
                 }
-                (Some(reason), ..) => RecordedAccountCreation::Failed { reason },
+                (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
                 // A row the JVM handler could not have written; answer it as failed rather
                 // than invent an account.
-                _ => RecordedAccountCreation::Failed {
+                _ => AccountCreationOutcome::Failed {
                     reason: "account creation record is incomplete".into(),
                 },
             };

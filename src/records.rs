@@ -270,12 +270,40 @@ impl fmt::Display for EncodeError {
     }
 }
 
-/// True when the registry answered that something does not exist or is invalid, as
-/// opposed to not answering properly at all.
-fn registry_said_no(error: &SRCError, codes: std::ops::RangeInclusive<u32>) -> bool {
-    std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<RawError>())
-        .is_some_and(|raw| codes.contains(&raw.error_code))
+/// The HTTP status behind a registry error body: Confluent's error codes are the
+/// status followed by two digits (40403 = schema not found), plain statuses also occur.
+fn registry_status(error: &SRCError) -> Option<u32> {
+    let raw = std::error::Error::source(error)?.downcast_ref::<RawError>()?;
+    Some(if raw.error_code >= 10_000 {
+        raw.error_code / 100
+    } else {
+        raw.error_code
+    })
+}
+
+/// Decides whether a decoding failure is the record's fault. Only positive evidence
+/// makes a record malformed: bytes not in the wire format, a schema id the registry says
+/// it does not have, or a datum that does not decode with its schema. Anything else (no
+/// answer, a timeout, an unreadable or 5xx answer, 401/403/408/429) is the registry's
+/// trouble, and the record is tried again rather than dead-lettered.
+fn classify_decode_error(error: SRCError) -> DecodeError {
+    let source = std::error::Error::source(&error);
+    let malformed = match registry_status(&error) {
+        Some(status) => (400..500).contains(&status) && ![401, 403, 408, 429].contains(&status),
+        None if error.retriable => false,
+        None => source.is_none() || source.is_some_and(|s| s.is::<apache_avro::Error>()),
+    };
+    if malformed {
+        DecodeError::Malformed(error.to_string())
+    } else {
+        DecodeError::RegistryUnavailable(error.to_string())
+    }
+}
+
+/// True when the registry refused a request it understood (4xx), as opposed to not
+/// answering properly at all.
+fn registry_refused(error: &SRCError) -> bool {
+    registry_status(error).is_some_and(|status| (400..500).contains(&status))
 }
 
 /// Builds the registry client settings; the URL may carry credentials, which are never
@@ -303,17 +331,10 @@ impl CommandDecoder {
     /// `reader`'s record, resolved to `reader`.
     fn decode_value(&self, payload: &[u8], reader: &Schema) -> Result<Value, DecodeError> {
         let decoded = self.decoder.decode(Some(payload)).map_err(|error| {
-            // Retriable (network) errors are never cached by the decoder; others are, so
-            // a registry that answered 5xx must be asked again on the retry.
-            let transient = error.retriable
-                || (std::error::Error::source(&error).is_some_and(|s| s.is::<RawError>())
-                    && !registry_said_no(&error, 40_400..=40_499));
-            if transient {
-                self.decoder.remove_errors_from_cache();
-                DecodeError::RegistryUnavailable(error.to_string())
-            } else {
-                DecodeError::Malformed(error.to_string())
-            }
+            // The decoder caches some errors per schema id; a cached registry hiccup
+            // would fail every later record of that schema, so never keep one.
+            self.decoder.remove_errors_from_cache();
+            classify_decode_error(error)
         })?;
         let expected = match reader {
             Schema::Record(record) => &record.name,
@@ -378,7 +399,7 @@ impl AnswerEncoder {
             Ok(bytes) => Ok(bytes),
             // 401/403 (not allowed), 405 (read-only mode), 409 (incompatible with the
             // locked-down subject): fall back to the subject's latest version.
-            Err(error) if registry_said_no(&error, 40_100..=40_999) => {
+            Err(error) if registry_refused(&error) => {
                 let latest = SubjectNameStrategy::TopicRecordNameStrategy(
                     topic.to_string(),
                     record.full_name(),
@@ -491,6 +512,47 @@ mod tests {
             let value = Value::Record(fields);
             assert!(value.validate(record.schema()), "{record:?}");
         }
+    }
+
+    #[test]
+    fn only_positive_evidence_makes_a_record_malformed() {
+        let answered = |code: u32| {
+            let body = format!(r#"{{"error_code":{code},"message":"x"}}"#);
+            let raw: RawError = serde_json::from_str(&body).unwrap();
+            SRCError::non_retryable_with_cause(raw, "HTTP request failed")
+        };
+        let malformed = |e: SRCError| matches!(classify_decode_error(e), DecodeError::Malformed(_));
+        assert!(malformed(answered(40403)), "schema not found");
+        assert!(malformed(answered(404)), "plain 404");
+        assert!(malformed(answered(42201)), "invalid request");
+        assert!(
+            malformed(SRCError::new("Invalid bytes", None, false)),
+            "not the wire format"
+        );
+        let avro = apache_avro::Schema::parse_str("{").unwrap_err();
+        assert!(malformed(SRCError::non_retryable_with_cause(
+            avro,
+            "Could not transform bytes using schema"
+        )));
+
+        assert!(!malformed(answered(50001)), "registry backend down");
+        assert!(!malformed(answered(0)), "unreadable error body");
+        assert!(!malformed(answered(40101)), "unauthorized");
+        assert!(!malformed(answered(403)), "forbidden");
+        assert!(!malformed(answered(429)), "rate limited");
+        assert!(
+            !malformed(SRCError::new(
+                "http call to schema registry failed",
+                None,
+                true
+            )),
+            "no answer"
+        );
+        let garbled = std::io::Error::other("body cut short");
+        assert!(!malformed(SRCError::non_retryable_with_cause(
+            garbled,
+            "could not parse to RawRegisteredSchema"
+        )));
     }
 
     /// A decoder whose registry is a closed loopback port: any lookup is refused.

@@ -138,9 +138,10 @@ pub fn handle_account_creations(
 /// Applies the transfers not seen before, in command order; answers, in command order.
 ///
 /// A command whose id was recorded is answered as recorded. Its BalanceChanged events
-/// are published again only when this is the very record that was applied (a
-/// redelivery after a crash, when they may never have reached Kafka); a different
-/// record with the same id is a duplicate command and changes nothing downstream.
+/// are published again only when this is the very record that was applied and its
+/// events were not yet acknowledged by Kafka (a redelivery after a crash; the consumer
+/// loop forgets the events once acknowledged). A different record with the same id is
+/// a duplicate command and changes nothing downstream.
 pub fn handle_transfers(
     conn: &mut PgConnection,
     commands: &[TransferCommand],

@@ -96,8 +96,12 @@ pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandCons
 /// What went wrong publishing a batch, and so what the loop does next.
 #[derive(Debug)]
 pub enum PublishError {
-    /// Registry or broker trouble: publish the same batch again.
-    Retry(String),
+    /// Registry or broker trouble: publish again the records at these positions of the
+    /// batch (those Kafka did not acknowledge).
+    Retry {
+        unacknowledged: Vec<usize>,
+        why: String,
+    },
     /// The producer cannot go on (fatal idempotence error, producer thread gone):
     /// stop the process; the batch is redelivered after the restart.
     Fatal(String),
@@ -106,7 +110,16 @@ pub enum PublishError {
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PublishError::Retry(why) => write!(f, "publishing failed, will retry: {why}"),
+            PublishError::Retry {
+                unacknowledged,
+                why,
+            } => {
+                write!(
+                    f,
+                    "{} records not acknowledged, will retry: {why}",
+                    unacknowledged.len()
+                )
+            }
             PublishError::Fatal(why) => write!(f, "publishing failed for good: {why}"),
         }
     }
@@ -115,7 +128,7 @@ impl fmt::Display for PublishError {
 /// Tracks the records of one published batch until every one is acknowledged.
 pub struct BatchDelivery {
     outstanding: AtomicUsize,
-    first_error: Mutex<Option<KafkaError>>,
+    failures: Mutex<Vec<(usize, KafkaError)>>,
     done: mpsc::SyncSender<Result<(), PublishError>>,
 }
 
@@ -123,34 +136,36 @@ impl BatchDelivery {
     pub fn new(records: usize, done: mpsc::SyncSender<Result<(), PublishError>>) -> Arc<Self> {
         Arc::new(BatchDelivery {
             outstanding: AtomicUsize::new(records),
-            first_error: Mutex::new(None),
+            failures: Mutex::new(Vec::new()),
             done,
         })
     }
 
-    /// Counts one record as settled (acknowledged or failed for good).
-    pub fn settle(&self, result: Result<(), KafkaError>) {
+    /// Counts the record at `position` in the batch as settled (acknowledged, or failed
+    /// after librdkafka's own retries); the last one reports the batch's outcome.
+    pub fn settle(&self, position: usize, result: Result<(), KafkaError>) {
         if let Err(error) = result {
-            let mut first = self
-                .first_error
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            first.get_or_insert(error);
-        }
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let first = self
-                .first_error
+            self.failures
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
-            // The batch's owner may have given up waiting (shutdown); nothing to tell then.
-            let _ = self.done.send(match first {
+                .push((position, error));
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut failures =
+                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
+            failures.sort_by_key(|(position, _)| *position);
+            let outcome = match failures.first() {
                 None => Ok(()),
-                Some(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                Some((_, error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
                     Err(PublishError::Fatal(error.to_string()))
                 }
-                Some(error) => Err(PublishError::Retry(error.to_string())),
-            });
+                Some((_, error)) => Err(PublishError::Retry {
+                    why: error.to_string(),
+                    unacknowledged: failures.iter().map(|(position, _)| *position).collect(),
+                }),
+            };
+            // The batch's owner may have given up waiting (shutdown); nothing to tell then.
+            let _ = self.done.send(outcome);
         }
     }
 }
@@ -165,20 +180,25 @@ impl ClientContext for DeliveryReports {
 }
 
 impl ProducerContext for DeliveryReports {
-    type DeliveryOpaque = Arc<BatchDelivery>;
+    /// The batch a record belongs to, and its position in it.
+    type DeliveryOpaque = Box<(Arc<BatchDelivery>, usize)>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
-        batch.settle(match result {
-            Ok(_) => Ok(()),
-            Err((error, message)) => {
-                warn!(
-                    "could not deliver to {}/{}: {error}",
-                    message.topic(),
-                    message.partition()
-                );
-                Err(error.clone())
-            }
-        });
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
+        let (batch, position) = *record;
+        batch.settle(
+            position,
+            match result {
+                Ok(_) => Ok(()),
+                Err((error, message)) => {
+                    warn!(
+                        "could not deliver to {}/{}: {error}",
+                        message.topic(),
+                        message.partition()
+                    );
+                    Err(error.clone())
+                }
+            },
+        );
     }
 }
 

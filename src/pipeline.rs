@@ -38,7 +38,7 @@ use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
 use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
 use crate::rules::AccountCreationOutcome;
-use crate::storage::{PgPool, RecordPosition};
+use crate::storage::{self, PgPool, RecordPosition};
 
 /// Which of the two command topics a loop consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum CommandTopic {
 }
 
 /// A record for the producer thread to publish.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Outbound {
     pub topic: String,
     /// None only for a dead letter of a record that had no key.
@@ -56,7 +56,7 @@ pub struct Outbound {
     pub body: OutboundBody,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum OutboundBody {
     /// An answer or event, encoded by the producer thread.
     Record(OutputRecord),
@@ -113,9 +113,13 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
             OutboundBody::Record(record) => match encoder.encode(&outbound.topic, record) {
                 Ok(bytes) => payloads.push(Some(bytes)),
                 Err(error) => {
-                    let _ = request
-                        .done
-                        .send(Err(PublishError::Retry(error.to_string())));
+                    // Nothing was sent: all of the batch is still to publish.
+                    let unacknowledged = (0..request.records.len()).collect();
+                    let why = error.to_string();
+                    let _ = request.done.send(Err(PublishError::Retry {
+                        unacknowledged,
+                        why,
+                    }));
                     return;
                 }
             },
@@ -127,9 +131,9 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
         return;
     }
     let batch = BatchDelivery::new(request.records.len(), request.done);
-    for (outbound, payload) in request.records.iter().zip(payloads) {
+    for (position, (outbound, payload)) in request.records.iter().zip(payloads).enumerate() {
         let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>, _> =
-            BaseRecord::with_opaque_to(&outbound.topic, Arc::clone(&batch));
+            BaseRecord::with_opaque_to(&outbound.topic, Box::new((Arc::clone(&batch), position)));
         if let Some(key) = &outbound.key {
             record = record.key(key);
         }
@@ -149,7 +153,7 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
                 }
                 Err((error, returned)) => {
                     warn!("could not send to {}: {error}", returned.topic);
-                    batch.settle(Err(error));
+                    batch.settle(position, Err(error));
                     break;
                 }
             }
@@ -249,12 +253,13 @@ impl CommandLoop {
             let Some(intake) = self.intake(&batch) else {
                 return Ok(());
             };
-            let Some(outbound) = self.apply(&batch, intake) else {
+            let Some((outbound, with_events)) = self.apply(&batch, intake) else {
                 return Ok(());
             };
             if !self.publish(outbound)? {
                 return Ok(());
             }
+            self.forget_published(&with_events);
             self.store_offsets(&batch);
         }
         Ok(())
@@ -353,8 +358,12 @@ impl CommandLoop {
     }
 
     /// Applies the commands in one transaction (retried until it commits) and lists
-    /// what to publish, in record order.
-    fn apply(&self, batch: &[OwnedMessage], intake: Vec<Intake>) -> Option<Vec<Outbound>> {
+    /// what to publish, in record order, and the transfers whose events are in it.
+    fn apply(
+        &self,
+        batch: &[OwnedMessage],
+        intake: Vec<Intake>,
+    ) -> Option<(Vec<Outbound>, Vec<Uuid>)> {
         let accounts: Vec<AccountCreationCommand> = intake
             .iter()
             .filter_map(|i| {
@@ -408,6 +417,7 @@ impl CommandLoop {
         };
 
         let mut outbound = Vec::with_capacity(batch.len() * 2);
+        let mut with_events = Vec::new();
         for (message, intake) in batch.iter().zip(intake) {
             let key = message.key().map(<[u8]>::to_vec);
             match intake {
@@ -449,6 +459,9 @@ impl CommandLoop {
                         key,
                         body: OutboundBody::Record(transfer_record(command.id, answer.failure)),
                     });
+                    if !answer.balance_changes.is_empty() {
+                        with_events.push(command.id);
+                    }
                     for change in answer.balance_changes {
                         outbound.push(Outbound {
                             topic: self.topics.balance_changed.clone(),
@@ -459,7 +472,29 @@ impl CommandLoop {
                 }
             }
         }
-        Some(outbound)
+        Some((outbound, with_events))
+    }
+
+    /// Deletes the recorded events of a published batch. Best effort: if it fails, a
+    /// later redelivery publishes them once more, which is allowed.
+    fn forget_published(&self, transfers: &[Uuid]) {
+        if transfers.is_empty() {
+            return;
+        }
+        let result = self
+            .pool
+            .get()
+            .map_err(|e| e.to_string())
+            .and_then(|mut conn| {
+                storage::forget_published_balance_changes(&mut conn, transfers)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = result {
+            warn!(
+                "could not forget the published events of {} transfers: {error}",
+                transfers.len()
+            );
+        }
     }
 
     fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> Outbound {
@@ -495,7 +530,7 @@ impl CommandLoop {
     /// Publishes and waits for Kafka's acknowledgement of every record, retrying the
     /// batch on failure. Ok(false) when shutdown came before success.
     fn publish(&self, outbound: Vec<Outbound>) -> Result<bool, Stopped> {
-        let records = Arc::new(outbound);
+        let mut records = Arc::new(outbound);
         let mut backoff = Backoff::new();
         loop {
             let (done, acknowledged) = mpsc::sync_channel(1);
@@ -508,9 +543,18 @@ impl CommandLoop {
             match self.wait_for_acknowledgement(&acknowledged) {
                 Some(Ok(())) => return Ok(true),
                 Some(Err(PublishError::Fatal(why))) => return Err(Stopped(why)),
-                Some(Err(error @ PublishError::Retry(_))) => {
+                Some(Err(error @ PublishError::Retry { .. })) => {
                     if !backoff.wait(&self.shutdown, "publishing answers", &error) {
                         return Ok(false);
+                    }
+                    // Send again only what Kafka did not acknowledge, in the same order.
+                    if let PublishError::Retry { unacknowledged, .. } = error {
+                        records = Arc::new(
+                            unacknowledged
+                                .into_iter()
+                                .map(|i| records[i].clone())
+                                .collect(),
+                        );
                     }
                 }
                 None => return Ok(false),

@@ -324,3 +324,14 @@ pub fn insert_balance_changes(
         .values(rows)
         .execute(conn)
 }
+
+/// Forgets the events of transfers whose BalanceChanged records Kafka acknowledged: from
+/// now on a redelivery of those commands (say, after an offset reset) answers them
+/// without publishing their events again.
+pub fn forget_published_balance_changes(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> QueryResult<usize> {
+    diesel::delete(cmt_balance_changed::table.filter(cmt_balance_changed::cmt_uuid.eq_any(ids)))
+        .execute(conn)
+}

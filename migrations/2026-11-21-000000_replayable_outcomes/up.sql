@@ -12,7 +12,7 @@ ALTER TABLE cmt ADD COLUMN IF NOT EXISTS source_partition int;
 ALTER TABLE cmt ADD COLUMN IF NOT EXISTS source_offset bigint;
 
 -- The BalanceChanged events a confirmed transfer caused, to publish them again exactly
--- as the first time after a crash. from_to and description are the command's own
+-- as the first time after a crash. Rows live only until Kafka acknowledged the events. from_to and description are the command's own
 -- strings, stored as bytes because PostgreSQL text cannot hold every Avro string (NUL).
 CREATE TABLE IF NOT EXISTS cmt_balance_changed(
     cmt_uuid UUID NOT NULL REFERENCES cmt (uuid),

@@ -696,9 +696,18 @@ fn admin() -> AdminClient<DefaultClientContext> {
 }
 
 pub fn create_topics(names: &[&String], partitions: i32) {
+    create_topics_with_config(names, partitions, &[]);
+}
+
+pub fn create_topics_with_config(names: &[&String], partitions: i32, config: &[(&str, &str)]) {
     let topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+            config
+                .iter()
+                .fold(topic, |topic, (key, value)| topic.set(key, value))
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = futures_executor::block_on(admin().create_topics(&topics, &options))

@@ -36,8 +36,8 @@ pub fn run(config: Config) -> Result<(), String> {
         config.batch_size
     );
 
-    let pool = storage::pool(config.database_url.expose(), config.db_pool_size);
-    if !migrate(&pool, &shutdown) {
+    let database = storage::Database::new(config.database_url.expose(), config.db_pool_size);
+    if !migrate(&database, &shutdown)? {
         info!("stopped before the database was ready");
         return Ok(());
     }
@@ -65,7 +65,7 @@ pub fn run(config: Config) -> Result<(), String> {
             kind,
             consumer,
             decoder: CommandDecoder::new(registry.clone()),
-            pool: pool.clone(),
+            database: database.clone(),
             topics: config.topics.clone(),
             publish: publish.clone(),
             shutdown: Arc::clone(&shutdown),
@@ -107,29 +107,28 @@ pub fn run(config: Config) -> Result<(), String> {
     }
 }
 
-/// Runs the migrations, waiting for the database with backoff; false on shutdown.
-fn migrate(pool: &storage::PgPool, shutdown: &AtomicBool) -> bool {
+/// Runs the migrations, waiting for the database with backoff; Ok(false) on shutdown.
+/// A migration that fails on a reachable database stops start-up: retrying would not
+/// help, and the operator must see why (for example duplicate IBANs in `balance`).
+fn migrate(database: &storage::Database, shutdown: &AtomicBool) -> Result<bool, String> {
     let mut delay = Duration::from_millis(200);
     loop {
-        let result = pool
-            .get()
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| storage::run_migrations(&mut conn));
-        match result {
-            Ok(applied) if applied.is_empty() => {
-                info!("database schema is up to date");
-                return true;
-            }
-            Ok(applied) => {
-                info!("applied migrations: {}", applied.join(", "));
-                return true;
+        match database.connection() {
+            Ok(mut conn) => {
+                let applied = storage::run_migrations(&mut conn)?;
+                if applied.is_empty() {
+                    info!("database schema is up to date");
+                } else {
+                    info!("applied migrations: {}", applied.join(", "));
+                }
+                return Ok(true);
             }
             Err(why) => {
                 warn!("database not ready, retrying in {delay:?}: {why}");
                 let until = std::time::Instant::now() + delay;
                 while std::time::Instant::now() < until {
                     if shutdown.load(Ordering::Acquire) {
-                        return false;
+                        return Ok(false);
                     }
                     thread::sleep(Duration::from_millis(50));
                 }

@@ -228,8 +228,20 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             "KAFKA_SSL_KEY_LOCATION",
             "KAFKA_SSL_KEY_PASSWORD",
         ];
-        let values: Vec<Option<String>> = NAMES.iter().map(|name| self.get(name)).collect();
-        if values.iter().all(Option::is_none) {
+        // An unencrypted key has an empty password: set-but-empty counts as given there.
+        let values: Vec<Option<String>> = NAMES
+            .iter()
+            .map(|name| {
+                if *name == "KAFKA_SSL_KEY_PASSWORD" {
+                    (self.0)(name)
+                } else {
+                    self.get(name)
+                }
+            })
+            .collect();
+        if values[..3].iter().all(Option::is_none)
+            && values[3].as_deref().unwrap_or_default().is_empty()
+        {
             return Ok(None);
         }
         if let Some(missing) = NAMES
@@ -376,6 +388,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.variable, "KAFKA_SSL_CA_LOCATION");
         assert!(!error.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn an_unencrypted_tls_key_has_an_empty_password() {
+        let file = "/etc/hostname";
+        let config = parse(&[
+            ("KAFKA_SSL_CA_LOCATION", file),
+            ("KAFKA_SSL_CERT_LOCATION", file),
+            ("KAFKA_SSL_KEY_LOCATION", file),
+            ("KAFKA_SSL_KEY_PASSWORD", ""),
+        ])
+        .unwrap();
+        assert_eq!(config.tls.unwrap().key_password.expose(), "");
+        assert_eq!(parse(&[("KAFKA_SSL_KEY_PASSWORD", "")]).unwrap().tls, None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
 use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
 use crate::rules::AccountCreationOutcome;
-use crate::storage::{self, PgPool, RecordPosition};
+use crate::storage::{self, Database, RecordPosition};
 
 /// Which of the two command topics a loop consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ pub struct CommandLoop {
     pub kind: CommandTopic,
     pub consumer: CommandConsumer,
     pub decoder: CommandDecoder,
-    pub pool: PgPool,
+    pub database: Database,
     pub topics: Topics,
     pub publish: mpsc::Sender<PublishRequest>,
     pub shutdown: Arc<AtomicBool>,
@@ -387,25 +387,20 @@ impl CommandLoop {
 
         let mut backoff = Backoff::new();
         let (mut account_answers, mut transfer_answers) = loop {
-            let attempt = self
-                .pool
-                .get()
-                .map_err(|e| e.to_string())
-                .and_then(|mut conn| {
-                    let accounts = if accounts.is_empty() {
-                        vec![]
-                    } else {
-                        handler::handle_account_creations(&mut conn, &accounts)
-                            .map_err(|e| e.to_string())?
-                    };
-                    let transfers = if transfers.is_empty() {
-                        vec![]
-                    } else {
-                        handler::handle_transfers(&mut conn, &transfers)
-                            .map_err(|e| e.to_string())?
-                    };
-                    Ok((accounts.into_iter(), transfers.into_iter()))
-                });
+            let attempt = self.database.connection().and_then(|mut conn| {
+                let accounts = if accounts.is_empty() {
+                    vec![]
+                } else {
+                    handler::handle_account_creations(&mut conn, &accounts)
+                        .map_err(|e| e.to_string())?
+                };
+                let transfers = if transfers.is_empty() {
+                    vec![]
+                } else {
+                    handler::handle_transfers(&mut conn, &transfers).map_err(|e| e.to_string())?
+                };
+                Ok((accounts.into_iter(), transfers.into_iter()))
+            });
             match attempt {
                 Ok(answers) => break answers,
                 Err(error) => {
@@ -481,14 +476,10 @@ impl CommandLoop {
         if transfers.is_empty() {
             return;
         }
-        let result = self
-            .pool
-            .get()
-            .map_err(|e| e.to_string())
-            .and_then(|mut conn| {
-                storage::forget_published_balance_changes(&mut conn, transfers)
-                    .map_err(|e| e.to_string())
-            });
+        let result = self.database.connection().and_then(|mut conn| {
+            storage::forget_published_balance_changes(&mut conn, transfers)
+                .map_err(|e| e.to_string())
+        });
         if let Err(error) = result {
             warn!(
                 "could not forget the published events of {} transfers: {error}",

@@ -18,21 +18,88 @@ use crate::rules::{
 use crate::schema::{balance, cac, cmt, cmt_balance_changed};
 
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub type Connection = diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>;
+
+/// The connection pool, with connection errors scrubbed of the password: libpq quotes
+/// parts of a connection string it cannot parse, and r2d2 logs connection failures.
+#[derive(Clone)]
+pub struct Database {
+    pool: PgPool,
+    password: Option<String>,
+}
+
+impl Database {
+    /// A pool that connects lazily: start-up does not fail when the database is still
+    /// coming up; the first use retries instead.
+    pub fn new(database_url: &str, size: u32) -> Database {
+        let password = password_in(database_url);
+        let pool = Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(5))
+            .error_handler(Box::new(ScrubbedErrors {
+                password: password.clone(),
+            }))
+            .build_unchecked(ConnectionManager::new(database_url));
+        Database { pool, password }
+    }
+
+    pub fn connection(&self) -> Result<Connection, String> {
+        self.pool
+            .get()
+            .map_err(|e| scrub(&e.to_string(), self.password.as_deref()))
+    }
+}
+
+#[derive(Debug)]
+struct ScrubbedErrors {
+    password: Option<String>,
+}
+
+impl r2d2::HandleError<diesel::r2d2::Error> for ScrubbedErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        log::debug!(
+            "database connection failed: {}",
+            scrub(&error.to_string(), self.password.as_deref())
+        );
+    }
+}
+
+/// The password of a `postgres://user:password@host/db` URL or of a libpq
+/// `password='…'` connection string.
+fn password_in(database_url: &str) -> Option<String> {
+    if let Some(rest) = database_url.split_once("://").map(|(_, rest)| rest) {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let userinfo = authority.rsplit_once('@')?.0;
+        return userinfo
+            .split_once(':')
+            .map(|(_, password)| password.to_string())
+            .filter(|p| !p.is_empty());
+    }
+    let start = database_url.find("password='")? + "password='".len();
+    let mut password = String::new();
+    let mut chars = database_url[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => password.extend(chars.next()),
+            '\'' => break,
+            c => password.push(c),
+        }
+    }
+    Some(password).filter(|p| !p.is_empty())
+}
+
+fn scrub(message: &str, password: Option<&str>) -> String {
+    match password {
+        Some(password) => message.replace(password, "<redacted>"),
+        None => message.to_string(),
+    }
+}
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Serialises migrations between handler instances starting at the same moment.
 const MIGRATION_LOCK_KEY: i64 = 0x6f70656e_62616e6b; // "openbank"
-
-/// A pool that connects lazily: start-up does not fail when the database is still
-/// coming up; the first use retries instead.
-pub fn pool(database_url: &str, size: u32) -> PgPool {
-    Pool::builder()
-        .max_size(size)
-        .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(ConnectionManager::new(database_url))
-}
 
 /// Runs the pending embedded migrations under an advisory lock and returns their names.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
@@ -334,4 +401,30 @@ pub fn forget_published_balance_changes(
 ) -> QueryResult<usize> {
     diesel::delete(cmt_balance_changed::table.filter(cmt_balance_changed::cmt_uuid.eq_any(ids)))
         .execute(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_found_in_urls_and_connection_strings() {
+        assert_eq!(
+            password_in("postgres://u:s3cret@db:5432/x").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(
+            password_in("postgresql://u:a%zzb@db/x?sslmode=require").as_deref(),
+            Some("a%zzb")
+        );
+        assert_eq!(password_in("postgres://u@db/x"), None);
+        assert_eq!(
+            password_in(r"host='h' user='u' password='it\'s\\x'").as_deref(),
+            Some(r"it's\x")
+        );
+        assert_eq!(
+            scrub("bad token \"a%zzb\"", Some("a%zzb")),
+            "bad token \"<redacted>\""
+        );
+    }
 }

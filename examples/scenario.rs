@@ -200,10 +200,10 @@ impl Client {
     fn drain(&mut self, quiet: Duration) {
         let until = Instant::now() + quiet;
         while Instant::now() < until {
-            if let Some(record) = self.next_record(Duration::from_millis(100)) {
-                if record.0.ends_with("BalanceChanged") {
-                    self.events.push(record);
-                }
+            if let Some(record) = self.next_record(Duration::from_millis(100))
+                && record.0.ends_with("BalanceChanged")
+            {
+                self.events.push(record);
             }
         }
     }

@@ -126,47 +126,52 @@ pub fn recorded_account_creations(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> QueryResult<HashMap<Uuid, AccountCreationOutcome>> {
-    let rows: Vec<(
-        Uuid,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )> = cac::table
+    #[derive(Queryable, Selectable)]
+    #[diesel(table_name = cac)]
+    struct CacRow {
+        uuid: Uuid,
+        iban: Option<String>,
+        token: Option<String>,
+        account_type: Option<String>,
+        reason: Option<String>,
+    }
+    let rows: Vec<CacRow> = cac::table
         .filter(cac::uuid.eq_any(ids))
-        .select((
-            cac::uuid,
-            cac::iban,
-            cac::token,
-            cac::account_type,
-            cac::reason,
-        ))
+        .select(CacRow::as_select())
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(uuid, iban, token, account_type, reason)| {
-            let recorded = match (
-                reason,
-                iban,
-                token,
-                account_type.as_deref().and_then(AccountType::parse),
-            ) {
-                (None, Some(iban), Some(token), Some(account_type)) => {
-                    AccountCreationOutcome::Confirmed {
-                        iban,
-                        token,
-                        account_type,
+        .map(
+            |CacRow {
+                 uuid,
+                 iban,
+                 token,
+                 account_type,
+                 reason,
+             }| {
+                let recorded = match (
+                    reason,
+                    iban,
+                    token,
+                    account_type.as_deref().and_then(AccountType::parse),
+                ) {
+                    (None, Some(iban), Some(token), Some(account_type)) => {
+                        AccountCreationOutcome::Confirmed {
+                            iban,
+                            token,
+                            account_type,
+                        }
                     }
-                }
-                (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
-                // A row the JVM handler could not have written; answer it as failed rather
-                // than invent an account.
-                _ => AccountCreationOutcome::Failed {
-                    reason: "account creation record is incomplete".into(),
-                },
-            };
-            (uuid, recorded)
-        })
+                    (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
+                    // A row the JVM handler could not have written; answer it as failed rather
+                    // than invent an account.
+                    _ => AccountCreationOutcome::Failed {
+                        reason: "account creation record is incomplete".into(),
+                    },
+                };
+                (uuid, recorded)
+            },
+        )
         .collect())
 }
 
@@ -242,29 +247,39 @@ pub fn recorded_transfers(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> QueryResult<HashMap<Uuid, RecordedTransfer>> {
-    let rows: Vec<(Uuid, Option<String>, Option<i32>, Option<i64>)> = cmt::table
+    #[derive(Queryable, Selectable)]
+    #[diesel(table_name = cmt)]
+    struct CmtRow {
+        uuid: Uuid,
+        reason: Option<String>,
+        source_partition: Option<i32>,
+        source_offset: Option<i64>,
+    }
+    let rows: Vec<CmtRow> = cmt::table
         .filter(cmt::uuid.eq_any(ids))
-        .select((
-            cmt::uuid,
-            cmt::reason,
-            cmt::source_partition,
-            cmt::source_offset,
-        ))
+        .select(CmtRow::as_select())
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(uuid, reason, partition, offset)| {
-            let first_seen_at = partition
-                .zip(offset)
-                .map(|(partition, offset)| RecordPosition { partition, offset });
-            (
-                uuid,
-                RecordedTransfer {
-                    reason,
-                    first_seen_at,
-                },
-            )
-        })
+        .map(
+            |CmtRow {
+                 uuid,
+                 reason,
+                 source_partition,
+                 source_offset,
+             }| {
+                let first_seen_at = source_partition
+                    .zip(source_offset)
+                    .map(|(partition, offset)| RecordPosition { partition, offset });
+                (
+                    uuid,
+                    RecordedTransfer {
+                        reason,
+                        first_seen_at,
+                    },
+                )
+            },
+        )
         .collect())
 }
 
@@ -276,20 +291,31 @@ pub fn recorded_balance_changes(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, String, i64, i64, Vec<u8>, Vec<u8>)> = cmt_balance_changed::table
+    #[derive(Queryable, Selectable)]
+    #[diesel(table_name = cmt_balance_changed)]
+    struct EventRow {
+        cmt_uuid: Uuid,
+        iban: String,
+        new_balance: i64,
+        changed_by: i64,
+        from_to: Vec<u8>,
+        description: Vec<u8>,
+    }
+    let rows: Vec<EventRow> = cmt_balance_changed::table
         .filter(cmt_balance_changed::cmt_uuid.eq_any(ids))
         .order((cmt_balance_changed::cmt_uuid, cmt_balance_changed::position))
-        .select((
-            cmt_balance_changed::cmt_uuid,
-            cmt_balance_changed::iban,
-            cmt_balance_changed::new_balance,
-            cmt_balance_changed::changed_by,
-            cmt_balance_changed::from_to,
-            cmt_balance_changed::description,
-        ))
+        .select(EventRow::as_select())
         .load(conn)?;
     let mut events: HashMap<Uuid, Vec<BalanceChange>> = HashMap::new();
-    for (uuid, iban, new_balance, changed_by, from_to, description) in rows {
+    for EventRow {
+        cmt_uuid: uuid,
+        iban,
+        new_balance,
+        changed_by,
+        from_to,
+        description,
+    } in rows
+    {
         // Written from Rust strings, so valid UTF-8 unless edited by hand.
         let text = |bytes: Vec<u8>| {
             String::from_utf8(bytes)

@@ -35,7 +35,9 @@ fn poison_records_are_dead_lettered_and_the_next_ones_answered() {
     let truncated = good_bytes[..good_bytes.len() - 5].to_vec();
     let key = Uuid::new_v4().to_string();
 
-    let poison: Vec<(&str, Option<&[u8]>, Option<&[u8]>)> = vec![
+    // What each poison record is, its key and its value.
+    type Poison<'a> = (&'a str, Option<&'a [u8]>, Option<&'a [u8]>);
+    let poison: Vec<Poison> = vec![
         (
             "random bytes",
             Some(key.as_bytes()),

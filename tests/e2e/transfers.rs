@@ -119,7 +119,7 @@ fn every_rule_row_with_exact_reasons() {
         })
         .collect();
     let d = |amount: i64| format!("test transfer of {amount}");
-    let expected = vec![
+    let expected = [
         (alice.clone(), 10_000, 10_000, "cash".to_string(), d(10_000)),
         (
             alice.clone(),

@@ -133,7 +133,9 @@ impl Config {
             client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
             tls: vars.tls()?,
             batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
-            producer_linger_ms: vars.number("KAFKA_LINGER_MS", 5, 0, 60_000)? as u32,
+            // 0: a batch's records are handed to the producer together and the consumer waits
+            // for their acknowledgement, so lingering only adds latency (see dev/bench).
+            producer_linger_ms: vars.number("KAFKA_LINGER_MS", 0, 0, 60_000)? as u32,
             db_pool_size: vars.number("DB_POOL_SIZE", 4, 2, 100)? as u32,
         })
     }

@@ -1,0 +1,343 @@
+//! The benchmark's side of Kafka, the registry and PostgreSQL: what Open Bank's
+//! command generator and graphql-endpoint do, plus starting the handler process.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use apache_avro::types::Value;
+use diesel::prelude::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use schema_registry_converter::blocking::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::blocking::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use uuid::Uuid;
+
+/// Where the local stack is: the env file `dev/stack up` writes.
+pub struct Stack {
+    pub vars: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn read(path: &Path) -> Stack {
+        let text = fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read the stack's env file {}: {e}", path.display()));
+        let vars = text
+            .lines()
+            .map(|line| line.trim().trim_start_matches("export "))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.trim_matches(|c| c == '"' || c == '\'').to_string(),
+                )
+            })
+            .collect();
+        Stack { vars }
+    }
+
+    pub fn get(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("the stack's env file has no {name}"))
+    }
+
+    pub fn admin_db(&self) -> PgConnection {
+        PgConnection::establish(self.get("TEST_ADMIN_DATABASE_URL"))
+            .expect("connect to PostgreSQL as admin")
+    }
+
+    pub fn registry(&self) -> SrSettings {
+        SrSettings::new(self.get("SCHEMA_REGISTRY_URL").to_string())
+    }
+
+    pub fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.get("KAFKA_BROKERS"))
+            .create()
+            .expect("admin client")
+    }
+
+    pub fn create_topics(&self, names: &[String], partitions: i32) {
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results =
+            futures_executor::block_on(self.admin().create_topics(&topics, &AdminOptions::new()))
+                .expect("create topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, e)| panic!("cannot create {topic}: {e}"));
+        }
+    }
+
+    pub fn delete_topics(&self, names: &[String]) {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _ =
+            futures_executor::block_on(self.admin().delete_topics(&names, &AdminOptions::new()));
+    }
+}
+
+/// The handler process under measurement.
+pub struct HandlerProcess {
+    child: Child,
+}
+
+impl HandlerProcess {
+    pub fn start(binary: &Path, vars: &[(String, String)], log: PathBuf) -> HandlerProcess {
+        let file = fs::File::create(&log).expect("handler log file");
+        let child = Command::new(binary)
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        HandlerProcess { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait for the clean exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const CAC_SCHEMA: &str = r#"{"type":"record","name":"ConfirmAccountCreation","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"a_type","type":{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}}]}"#;
+pub const CMT_SCHEMA: &str = r#"{"type":"record","name":"ConfirmMoneyTransfer","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"token","type":{"type":"string","avro.java.string":"String"}},{"name":"amount","type":"long"},{"name":"from","type":{"type":"string","avro.java.string":"String"}},{"name":"to","type":{"type":"string","avro.java.string":"String"}},{"name":"description","type":{"type":"string","avro.java.string":"String"}}]}"#;
+
+/// A transfer the benchmark sends.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub id: Uuid,
+    pub token: String,
+    pub amount: i64,
+    pub from: String,
+    pub to: String,
+    pub description: &'static str,
+}
+
+/// Writes commands as the graphql-endpoint does (registered JVM-style schemas).
+pub struct CommandWriter {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    encoder: AvroEncoder,
+    cac_topic: String,
+    cmt_topic: String,
+}
+
+impl CommandWriter {
+    pub fn new(stack: &Stack, cac_topic: &str, cmt_topic: &str) -> CommandWriter {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
+            .set("linger.ms", "1")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("command producer");
+        CommandWriter {
+            producer,
+            encoder: AvroEncoder::new(stack.registry()),
+            cac_topic: cac_topic.to_string(),
+            cmt_topic: cmt_topic.to_string(),
+        }
+    }
+
+    fn send(&self, topic: &str, record: &str, schema: &str, id: Uuid, fields: Vec<(&str, Value)>) {
+        let name = Some(format!("nl.openweb.data.{record}"));
+        let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+            topic.to_string(),
+            SuppliedSchema::new(name, SchemaType::Avro, schema.to_string()),
+        );
+        let bytes = self
+            .encoder
+            .encode(fields, &strategy)
+            .expect("encode a command");
+        let key = id.to_string();
+        let mut record = BaseRecord::to(topic).key(&key).payload(&bytes);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => panic!("cannot send a command: {e}"),
+            }
+        }
+    }
+
+    pub fn open_account(&self, id: Uuid) {
+        let fields = vec![
+            ("id", Value::Fixed(16, id.as_bytes().to_vec())),
+            ("a_type", Value::Enum(1, "MANUAL".into())),
+        ];
+        self.send(
+            &self.cac_topic,
+            "ConfirmAccountCreation",
+            CAC_SCHEMA,
+            id,
+            fields,
+        );
+    }
+
+    pub fn transfer(&self, t: &Transfer) {
+        let fields = vec![
+            ("id", Value::Fixed(16, t.id.as_bytes().to_vec())),
+            ("token", Value::String(t.token.clone())),
+            ("amount", Value::Long(t.amount)),
+            ("from", Value::String(t.from.clone())),
+            ("to", Value::String(t.to.clone())),
+            ("description", Value::String(t.description.to_string())),
+        ];
+        self.send(
+            &self.cmt_topic,
+            "ConfirmMoneyTransfer",
+            CMT_SCHEMA,
+            t.id,
+            fields,
+        );
+    }
+
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(60))
+            .expect("flush commands");
+    }
+}
+
+/// An answer as read from a feedback topic.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub id: Uuid,
+    pub received: Instant,
+    /// Record name without namespace, e.g. `MoneyTransferConfirmed`.
+    pub kind: String,
+    pub reason: Option<String>,
+    pub iban: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Reads both feedback topics on a thread of its own, from the beginning, and hands
+/// every answer over a channel.
+pub struct AnswerReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AnswerReader {
+    pub fn start(
+        stack: &Stack,
+        topics: &[String],
+        partitions: i32,
+    ) -> (AnswerReader, mpsc::Receiver<Answer>) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
+            .set("group.id", format!("bench-reader-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+            .expect("answer consumer");
+        let mut assignment = TopicPartitionList::new();
+        for topic in topics {
+            for partition in 0..partitions {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .unwrap();
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .expect("assign feedback topics");
+        let decoder = AvroDecoder::new(stack.registry());
+        let (sender, receiver) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Acquire) {
+                let Some(result) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let received = Instant::now();
+                // Errors are transient here, or the topics going away at teardown.
+                let Ok(message) = result else { continue };
+                let decoded = decoder.decode(message.payload()).expect("decode an answer");
+                let kind = decoded
+                    .name
+                    .map(|n| n.name().to_string())
+                    .unwrap_or_default();
+                let Value::Record(fields) = decoded.value else {
+                    continue;
+                };
+                let fields: HashMap<String, Value> = fields.into_iter().collect();
+                let text = |name: &str| match fields.get(name) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                };
+                let Some(Value::Fixed(16, id)) = fields.get("id") else {
+                    continue;
+                };
+                let answer = Answer {
+                    id: Uuid::from_slice(id).unwrap(),
+                    received,
+                    kind,
+                    reason: text("reason"),
+                    iban: text("iban"),
+                    token: text("token"),
+                };
+                if sender.send(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        (
+            AnswerReader {
+                stop,
+                thread: Some(thread),
+            },
+            receiver,
+        )
+    }
+}
+
+impl Drop for AnswerReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The benchmark of `dev/bench`: drives a real handler process only through Kafka and
+//! the Schema Registry, as Open Bank's command generator does, and reports what
+//! operators care about, per load step: end-to-end latency (HDR histogram, from the
+//! moment a command was *due* to be sent, so a slow handler cannot hide its latency by
+//! slowing the load down), the rate achieved, and the handler's CPU and memory sampled
+//! from /proc. Then a saturation run (preloaded commands drained as fast as possible)
+//! and a correctness check (one kind of answer per command, balances in PostgreSQL equal
+//! to what the confirmed transfers imply).
+//!
+//!   open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick]
+
+mod client;
+mod procstat;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use report::{Report, VariantResult};
+
+/// A configuration of the handler measured side by side with the others.
+pub struct Variant {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub handler_env: Vec<(&'static str, &'static str)>,
+    pub steps: Vec<u32>,
+    pub saturation_commands: usize,
+}
+
+fn variants(quick: bool) -> Vec<Variant> {
+    let steps = if quick {
+        vec![100, 1000]
+    } else {
+        vec![100, 500, 1000, 2000, 5000, 10_000]
+    };
+    let saturation = if quick { 5_000 } else { 40_000 };
+    vec![
+        Variant {
+            name: "default",
+            description: "as shipped: batches of up to 100 commands per transaction, linger 0 ms",
+            handler_env: vec![],
+            steps: steps.clone(),
+            saturation_commands: saturation,
+        },
+        Variant {
+            name: "linger-5",
+            description: "producer linger 5 ms, librdkafka's default",
+            handler_env: vec![("KAFKA_LINGER_MS", "5")],
+            steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
+            saturation_commands: 0,
+        },
+        Variant {
+            name: "linger-100",
+            description: "producer linger 100 ms, the JVM handler's setting",
+            handler_env: vec![("KAFKA_LINGER_MS", "100")],
+            steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
+            saturation_commands: 0,
+        },
+        Variant {
+            name: "one-per-transaction",
+            description: "one command per database transaction (COMMAND_BATCH_SIZE=1)",
+            handler_env: vec![("COMMAND_BATCH_SIZE", "1")],
+            steps: steps.iter().copied().filter(|r| *r <= 1000).collect(),
+            saturation_commands: saturation / 2,
+        },
+    ]
+}
+
+struct Args {
+    stack_env: PathBuf,
+    handler: PathBuf,
+    out: PathBuf,
+    quick: bool,
+    step_seconds: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut stack_env, mut handler, mut out, mut quick, mut step_seconds) =
+        (None, None, None, false, 15);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--stack-env" => stack_env = Some(PathBuf::from(value()?)),
+            "--handler" => handler = Some(PathBuf::from(value()?)),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--step-seconds" => {
+                step_seconds = value()?
+                    .parse()
+                    .map_err(|_| "--step-seconds takes whole seconds")?
+            }
+            "--quick" => quick = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Args {
+        stack_env: stack_env.ok_or("--stack-env FILE is required")?,
+        handler: handler.ok_or("--handler PATH is required")?,
+        out: out.ok_or("--out DIR is required")?,
+        quick,
+        step_seconds: if quick {
+            step_seconds.min(8)
+        } else {
+            step_seconds
+        },
+    })
+}
+
+fn main() {
+    env_logger::Builder::new()
+        .parse_filters("warn")
+        .parse_default_env()
+        .init();
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N]");
+        std::process::exit(2)
+    });
+    let stack = client::Stack::read(&args.stack_env);
+    std::fs::create_dir_all(&args.out).expect("create the output folder");
+    let mut report = Report::new(&stack, args.step_seconds);
+    for variant in variants(args.quick) {
+        eprintln!("== variant {}: {}", variant.name, variant.description);
+        let result = run_variant(&stack, &args, &variant);
+        report.variants.push(result);
+        report.write(&args.out).expect("write the report");
+    }
+    eprintln!("report written to {}", args.out.join("report.md").display());
+}
+
+fn run_variant(stack: &client::Stack, args: &Args, variant: &Variant) -> VariantResult {
+    let mut bench = workload::Bench::setup(stack, &args.handler, &args.out, variant);
+    let mut result = VariantResult::new(variant);
+    bench.open_accounts(200);
+    result.idle = bench.idle(Duration::from_secs(5));
+    result.idle_memory = bench.memory_breakdown();
+    eprintln!("   idle: rss {:.1} MiB", result.idle.rss_mib_avg);
+    for &rate in &variant.steps {
+        let step = bench.step(rate, Duration::from_secs(args.step_seconds));
+        eprintln!(
+            "   {rate:>6}/s: achieved {:>7.0}/s p50 {:.1} ms p99 {:.1} ms max {:.1} ms cpu {:.0}% rss {:.1} MiB",
+            step.achieved_per_second,
+            step.p50_ms,
+            step.p99_ms,
+            step.max_ms,
+            step.cpu_percent_avg,
+            step.rss_mib_peak
+        );
+        let broken = step.broken();
+        result.steps.push(step);
+        if broken {
+            eprintln!("   latency broke down at {rate}/s; no higher steps");
+            break;
+        }
+    }
+    if variant.saturation_commands > 0 {
+        let saturation = bench.saturation(variant.saturation_commands);
+        eprintln!(
+            "   saturation: {:.0} commands/s",
+            saturation.commands_per_second
+        );
+        result.saturation = Some(saturation);
+    }
+    result.correctness = bench.check_correctness();
+    eprintln!("   correctness: {}", result.correctness.summary());
+    bench.teardown();
+    result
+}

@@ -1,0 +1,463 @@
+//! The workload: accounts opened first, then an open-loop mix of transfers like Open
+//! Bank's command generator's, every answer matched to its command by id.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use hdrhistogram::Histogram;
+use open_bank_command_handler::rules::Iban;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use uuid::Uuid;
+
+use crate::Variant;
+use crate::client::{Answer, AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
+use crate::procstat::{MemoryBreakdown, Sampler, Usage, memory_breakdown};
+use crate::report::{Correctness, Saturation, Step};
+
+const BANK: (&str, &str) = ("NL66OPEN0000000000", "00000000000000000000");
+const PARTITIONS: i32 = 9;
+
+pub struct Bench<'a> {
+    stack: &'a Stack,
+    binary: &'a Path,
+    out: &'a Path,
+    name: String,
+    topics: Vec<String>,
+    database: String,
+    handler_env: Vec<(String, String)>,
+    handler: Option<HandlerProcess>,
+    sampler: Option<Sampler>,
+    writer: CommandWriter,
+    _reader: AnswerReader,
+    answers: mpsc::Receiver<Answer>,
+    accounts: Vec<(String, String)>,
+    rng: StdRng,
+    /// Every transfer sent, with the moment it was due.
+    sent: HashMap<Uuid, (Transfer, Instant)>,
+    received: HashMap<Uuid, Vec<Answer>>,
+}
+
+impl<'a> Bench<'a> {
+    pub fn setup(
+        stack: &'a Stack,
+        binary: &'a Path,
+        out: &'a Path,
+        variant: &Variant,
+    ) -> Bench<'a> {
+        let name = format!(
+            "bench_{}_{}",
+            variant.name.replace('-', "_"),
+            &Uuid::new_v4().simple().to_string()[..6]
+        );
+        let topic = |suffix: &str| format!("{name}.{suffix}");
+        let topics = ["cac", "acf", "cmt", "mtf", "bc", "dlq"]
+            .map(topic)
+            .to_vec();
+        stack.create_topics(&topics, PARTITIONS);
+        let database = format!("b_{name}");
+        diesel::sql_query(format!("CREATE DATABASE \"{database}\" OWNER clojure_ch"))
+            .execute(&mut stack.admin_db())
+            .expect("create the benchmark database");
+        let mut handler_env: Vec<(String, String)> = vec![
+            ("KAFKA_BROKERS", stack.get("KAFKA_BROKERS").to_string()),
+            (
+                "SCHEMA_REGISTRY_URL",
+                stack.get("SCHEMA_REGISTRY_URL").to_string(),
+            ),
+            ("DB_HOSTNAME", stack.get("DB_HOSTNAME").to_string()),
+            ("DB_PORT", stack.get("DB_PORT").to_string()),
+            ("DB_PASSWORD", stack.get("DB_PASSWORD").to_string()),
+            (
+                "DATABASE_URL",
+                format!(
+                    "postgres://clojure_ch:{}@{}:{}/{database}",
+                    stack.get("DB_PASSWORD"),
+                    stack.get("DB_HOSTNAME"),
+                    stack.get("DB_PORT")
+                ),
+            ),
+            ("KAFKA_CAC_TOPIC", topics[0].clone()),
+            ("KAFKA_ACF_TOPIC", topics[1].clone()),
+            ("KAFKA_CMT_TOPIC", topics[2].clone()),
+            ("KAFKA_MTF_TOPIC", topics[3].clone()),
+            ("KAFKA_BC_TOPIC", topics[4].clone()),
+            ("KAFKA_DEAD_LETTER_TOPIC", topics[5].clone()),
+            ("KAFKA_CLIENT_ID", format!("{name}.handler")),
+            ("RUST_LOG", "warn".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (key, value) in &variant.handler_env {
+            handler_env.retain(|(k, _)| k != key);
+            handler_env.push((key.to_string(), value.to_string()));
+        }
+        let writer = CommandWriter::new(stack, &topics[0], &topics[2]);
+        let (reader, answers) =
+            AnswerReader::start(stack, &[topics[1].clone(), topics[3].clone()], PARTITIONS);
+        let mut bench = Bench {
+            stack,
+            binary,
+            out,
+            name,
+            topics,
+            database,
+            handler_env,
+            handler: None,
+            sampler: None,
+            writer,
+            _reader: reader,
+            answers,
+            accounts: Vec::new(),
+            rng: StdRng::seed_from_u64(2026),
+            sent: HashMap::new(),
+            received: HashMap::new(),
+        };
+        bench.start_handler();
+        bench
+    }
+
+    fn start_handler(&mut self) {
+        let log = self.out.join(format!("{}.handler.log", self.name));
+        let handler = HandlerProcess::start(self.binary, &self.handler_env, log);
+        self.sampler = Some(Sampler::start(handler.pid()));
+        self.handler = Some(handler);
+    }
+
+    fn stop_handler(&mut self) {
+        self.sampler = None;
+        if let Some(handler) = self.handler.take() {
+            handler.stop();
+        }
+    }
+
+    fn sampler(&self) -> &Sampler {
+        self.sampler.as_ref().expect("the handler runs")
+    }
+
+    /// Takes the answers read so far; the latency of first answers goes to `histogram`.
+    fn take_answers(&mut self, histogram: Option<&mut Histogram<u64>>, wait: Duration) -> usize {
+        let mut histogram = histogram;
+        let mut count = 0;
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(answer) = self
+                .answers
+                .recv_timeout(left.min(Duration::from_millis(20)))
+            else {
+                if Instant::now() >= deadline {
+                    return count;
+                }
+                continue;
+            };
+            let earlier = self.received.entry(answer.id).or_default();
+            if earlier.is_empty()
+                && let (Some(h), Some((_, due))) =
+                    (histogram.as_deref_mut(), self.sent.get(&answer.id))
+            {
+                let micros = answer.received.saturating_duration_since(*due).as_micros() as u64;
+                h.record(micros.max(1))
+                    .expect("latency within the histogram's range");
+            }
+            earlier.push(answer);
+            count += 1;
+        }
+    }
+
+    fn wait_for_answers(
+        &mut self,
+        ids: &[Uuid],
+        limit: Duration,
+        mut histogram: Option<&mut Histogram<u64>>,
+    ) {
+        let deadline = Instant::now() + limit;
+        while ids.iter().any(|id| !self.received.contains_key(id)) && Instant::now() < deadline {
+            self.take_answers(histogram.as_deref_mut(), Duration::from_millis(100));
+        }
+    }
+
+    pub fn open_accounts(&mut self, count: usize) {
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            self.writer.open_account(*id);
+        }
+        self.writer.flush();
+        self.wait_for_answers(&ids, Duration::from_secs(120), None);
+        for id in &ids {
+            let answer = self
+                .received
+                .get(id)
+                .and_then(|a| a.first())
+                .expect("every account opened");
+            self.accounts
+                .push((answer.iban.clone().unwrap(), answer.token.clone().unwrap()));
+        }
+    }
+
+    /// The handler's usage while idle, after the accounts are open.
+    pub fn idle(&mut self, span: Duration) -> Usage {
+        let start = Instant::now();
+        std::thread::sleep(span);
+        self.sampler().usage(start, Instant::now())
+    }
+
+    pub fn memory_breakdown(&self) -> MemoryBreakdown {
+        memory_breakdown(self.handler.as_ref().expect("the handler runs").pid())
+    }
+
+    /// The next command of the mix: salaries, cash in and out, shop payments,
+    /// transfers between accounts, and a few that must fail.
+    fn next_transfer(&mut self) -> Transfer {
+        let n = self.accounts.len();
+        let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n - 1));
+        let b = if b >= a { b + 1 } else { b };
+        let (account, token) = self.accounts[a].clone();
+        let other = self.accounts[b].0.clone();
+        let roll = self.rng.random_range(0..100);
+        let id = Uuid::new_v4();
+        let transfer = |token: &str, amount: i64, from: &str, to: &str, description| Transfer {
+            id,
+            token: token.to_string(),
+            amount,
+            from: from.to_string(),
+            to: to.to_string(),
+            description,
+        };
+        let shop =
+            Iban::from_account_number(9_000_000_000 + self.rng.random_range(0..50u64)).to_string();
+        match roll {
+            0..=24 => transfer(
+                BANK.1,
+                self.rng.random_range(100_000..300_000),
+                BANK.0,
+                &account,
+                "salary",
+            ),
+            25..=39 => transfer(
+                "",
+                self.rng.random_range(1_000..20_000),
+                "cash",
+                &account,
+                "deposit",
+            ),
+            40..=54 => transfer(
+                &token,
+                self.rng.random_range(1_000..10_000),
+                &account,
+                "cash",
+                "withdrawal",
+            ),
+            55..=74 => transfer(
+                &token,
+                self.rng.random_range(100..5_000),
+                &account,
+                &shop,
+                "shop",
+            ),
+            75..=94 => transfer(
+                &token,
+                self.rng.random_range(100..10_000),
+                &account,
+                &other,
+                "transfer",
+            ),
+            95..=96 => transfer("99999999999999999999", 100, &account, &other, "wrong token"),
+            97..=98 => transfer(&token, 1_000_000_000, &account, &other, "too much"),
+            _ => transfer(&token, 100, &account, &account, "to self"),
+        }
+    }
+
+    /// Sends `rate` commands a second for `span`, each at the moment it is due whatever
+    /// the handler does (open loop), and measures them.
+    pub fn step(&mut self, rate: u32, span: Duration) -> Step {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        let total = (rate as f64 * span.as_secs_f64()) as usize;
+        let mut ids = Vec::with_capacity(total);
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while sent < total {
+            let due_now = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(total);
+            while sent < due_now {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+                let transfer = self.next_transfer();
+                self.writer.transfer(&transfer);
+                ids.push(transfer.id);
+                self.sent.insert(transfer.id, (transfer, due));
+                sent += 1;
+            }
+            // Read answers meanwhile, so their receive times are exact.
+            self.take_answers(Some(&mut histogram), Duration::from_micros(500));
+        }
+        let sending_ended = Instant::now();
+        self.wait_for_answers(&ids, Duration::from_secs(30), Some(&mut histogram));
+        let last_answer = ids
+            .iter()
+            .filter_map(|id| {
+                self.received
+                    .get(id)
+                    .and_then(|a| a.first())
+                    .map(|a| a.received)
+            })
+            .max()
+            .unwrap_or(sending_ended);
+        let answered = ids
+            .iter()
+            .filter(|id| self.received.contains_key(id))
+            .count();
+        let usage = self.sampler().usage(start, last_answer.max(sending_ended));
+        let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        Step {
+            target_per_second: rate,
+            commands: total,
+            answered,
+            achieved_per_second: answered as f64
+                / last_answer
+                    .duration_since(start)
+                    .as_secs_f64()
+                    .max(span.as_secs_f64()),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: histogram.max() as f64 / 1000.0,
+            cpu_percent_avg: usage.cpu_percent_avg,
+            cpu_percent_peak: usage.cpu_percent_peak,
+            rss_mib_avg: usage.rss_mib_avg,
+            rss_mib_peak: usage.rss_mib_peak,
+        }
+    }
+
+    /// Stops the handler, preloads `count` transfers, starts it again and measures how
+    /// fast it drains them.
+    pub fn saturation(&mut self, count: usize) -> Saturation {
+        self.stop_handler();
+        let mut ids = Vec::with_capacity(count);
+        let preload = Instant::now();
+        for _ in 0..count {
+            let transfer = self.next_transfer();
+            self.writer.transfer(&transfer);
+            ids.push(transfer.id);
+            self.sent.insert(transfer.id, (transfer, preload));
+        }
+        self.writer.flush();
+        let started = Instant::now();
+        self.start_handler();
+        self.wait_for_answers(&ids, Duration::from_secs(600), None);
+        let times: Vec<Instant> = ids
+            .iter()
+            .filter_map(|id| {
+                self.received
+                    .get(id)
+                    .and_then(|a| a.first())
+                    .map(|a| a.received)
+            })
+            .collect();
+        let (first, last) = (
+            times.iter().min().copied().unwrap_or(started),
+            times.iter().max().copied().unwrap_or(started),
+        );
+        let usage = self.sampler().usage(first, last);
+        Saturation {
+            commands: count,
+            answered: times.len(),
+            seconds_from_start: last.duration_since(started).as_secs_f64(),
+            commands_per_second: times.len() as f64
+                / last.duration_since(first).as_secs_f64().max(0.001),
+            cpu_percent_avg: usage.cpu_percent_avg,
+            rss_mib_peak: usage.rss_mib_peak,
+        }
+    }
+
+    /// Every transfer got exactly one kind of answer, and every balance equals what
+    /// the confirmed transfers imply.
+    pub fn check_correctness(&mut self) -> Correctness {
+        let ids: Vec<Uuid> = self.sent.keys().copied().collect();
+        self.wait_for_answers(&ids, Duration::from_secs(60), None);
+        self.take_answers(None, Duration::from_secs(2));
+        let mut correctness = Correctness {
+            commands: ids.len(),
+            ..Correctness::default()
+        };
+        let mut expected: HashMap<&str, i64> = self
+            .accounts
+            .iter()
+            .map(|(iban, _)| (iban.as_str(), 0))
+            .collect();
+        let known: HashSet<String> = self.accounts.iter().map(|(iban, _)| iban.clone()).collect();
+        let mut bank_delta = 0i64;
+        for (id, (transfer, _)) in &self.sent {
+            let Some(answers) = self.received.get(id) else {
+                correctness.unanswered += 1;
+                continue;
+            };
+            let kinds: HashSet<(&str, Option<&str>)> = answers
+                .iter()
+                .map(|a| (a.kind.as_str(), a.reason.as_deref()))
+                .collect();
+            if kinds.len() > 1 {
+                correctness.answers_disagreeing += 1;
+            }
+            correctness.duplicate_answers += answers.len() - 1;
+            if answers[0].kind == "MoneyTransferConfirmed" {
+                correctness.confirmed += 1;
+                for (party, sign) in [(&transfer.from, -1), (&transfer.to, 1)] {
+                    if party == BANK.0 {
+                        bank_delta += sign * transfer.amount;
+                    } else if known.contains(party) {
+                        *expected.get_mut(party.as_str()).unwrap() += sign * transfer.amount;
+                    }
+                }
+            } else {
+                correctness.failed += 1;
+            }
+        }
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Text)]
+            iban: String,
+            #[diesel(sql_type = BigInt)]
+            amount: i64,
+        }
+        let url = self
+            .handler_env
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .unwrap()
+            .1
+            .clone();
+        let rows: Vec<Row> = diesel::sql_query("SELECT iban, amount FROM balance")
+            .load(&mut PgConnection::establish(&url).expect("connect to the benchmark database"))
+            .expect("read balances");
+        for row in rows {
+            let want = if row.iban == BANK.0 {
+                100_000_000_000_000_000 + bank_delta
+            } else {
+                match expected.get(row.iban.as_str()) {
+                    Some(want) => *want,
+                    None => continue,
+                }
+            };
+            correctness.accounts_checked += 1;
+            if want != row.amount {
+                correctness.balances_wrong += 1;
+            }
+        }
+        correctness
+    }
+
+    pub fn teardown(mut self) {
+        self.stop_handler();
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        ))
+        .execute(&mut self.stack.admin_db());
+        self.stack.delete_topics(&self.topics);
+    }
+}

@@ -86,6 +86,11 @@ pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandCons
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // librdkafka prefetches up to 64 MB / 100k records per partition by default; a
+        // few batches ahead is all a loop that waits on the database can use, and the
+        // memory stays bounded when the handler falls behind (see dev/bench).
+        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.min.messages", "1000")
         .create_with_context(RebalanceSignal {
             rebalanced: AtomicBool::new(false),
         })?;

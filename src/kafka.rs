@@ -88,9 +88,12 @@ pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandCons
         .set("enable.partition.eof", "false")
         // librdkafka prefetches up to 64 MB / 100k records per partition by default; a
         // few batches ahead is all a loop that waits on the database can use, and the
-        // memory stays bounded when the handler falls behind (see dev/bench).
-        .set("queued.max.messages.kbytes", "2048")
+        // memory stays bounded when the handler falls behind (see dev/bench). With a
+        // small queue the fetch backoff must be short too: at its default (1 s) every
+        // full queue stalls the partition for a second.
+        .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "1000")
+        .set("fetch.queue.backoff.ms", "10")
         .create_with_context(RebalanceSignal {
             rebalanced: AtomicBool::new(false),
         })?;

@@ -8,6 +8,7 @@
 //! to what the confirmed transfers imply).
 //!
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick]
+//!   open-bank-bench --replot DIR    rewrite report.md and the plots from DIR/report.json
 
 mod client;
 mod procstat;
@@ -112,6 +113,15 @@ fn main() {
         .parse_filters("warn")
         .parse_default_env()
         .init();
+    if let [flag, dir] = &std::env::args().skip(1).collect::<Vec<_>>()[..]
+        && flag == "--replot"
+    {
+        let dir = PathBuf::from(dir);
+        let json = std::fs::read_to_string(dir.join("report.json")).expect("read report.json");
+        let report: Report = serde_json::from_str(&json).expect("parse report.json");
+        report.write_readable(&dir).expect("write the report");
+        return;
+    }
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N]");
         std::process::exit(2)

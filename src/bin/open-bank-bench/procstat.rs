@@ -15,7 +15,7 @@ struct Sample {
 }
 
 /// CPU share (100 = one core) and memory over a window of time.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub cpu_percent_avg: f64,
     pub cpu_percent_peak: f64,
@@ -121,7 +121,7 @@ fn read(pid: u32, ticks_per_second: f64) -> Option<Sample> {
 
 /// Where a process's resident memory is: kB per mapping (file, `[heap]`, or anonymous
 /// for thread stacks and allocator arenas), largest first, and its private total.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct MemoryBreakdown {
     pub rss_kib: u64,
     pub anonymous_kib: u64,

@@ -11,6 +11,9 @@ use crate::Variant;
 use crate::client::Stack;
 use crate::procstat::{MemoryBreakdown, Usage};
 
+/// A plotted line: label, variant index, series index, points (load, value).
+type PlotLine = (String, usize, usize, Vec<(f64, f64)>);
+
 #[derive(Serialize, Deserialize)]
 pub struct Step {
     pub target_per_second: u32,
@@ -407,8 +410,7 @@ impl Report {
         log_y: bool,
         series: impl Fn(&Step) -> Vec<(&'static str, f64)>,
     ) -> std::io::Result<()> {
-        // (label, variant index, series index, points)
-        let lines: Vec<(String, usize, usize, Vec<(f64, f64)>)> = self
+        let lines: Vec<PlotLine> = self
             .variants
             .iter()
             .enumerate()

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::kafka;
 use crate::pipeline::{CommandLoop, CommandTopic, run_producer};
-use crate::records::{AnswerEncoder, CommandDecoder, registry_settings};
+use crate::records::{AnswerEncoder, CommandDecoder, limit_datum_allocations, registry_settings};
 use crate::storage;
 
 /// Runs the handler until a signal (Ok) or a failure it cannot recover from (Err).
@@ -36,12 +36,24 @@ pub fn run(config: Config) -> Result<(), String> {
         config.batch_size
     );
 
+    if !config.kafka_properties.is_empty() {
+        let names: Vec<String> = config
+            .kafka_properties
+            .iter()
+            .map(|p| format!("{} ({:?})", p.name, p.scope))
+            .collect();
+        info!(
+            "librdkafka properties from RDKAFKA_* variables: {}",
+            names.join(", ")
+        );
+    }
     let database = storage::Database::new(config.database_url.expose(), config.db_pool_size);
     if !migrate(&database, &shutdown)? {
         info!("stopped before the database was ready");
         return Ok(());
     }
 
+    limit_datum_allocations();
     let registry = registry_settings(config.schema_registry_url.expose())
         .map_err(|e| format!("invalid configuration: SCHEMA_REGISTRY_URL: {e}"))?;
     let producer = kafka::answer_producer(&config)

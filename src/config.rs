@@ -62,15 +62,45 @@ pub struct Config {
     /// Client id, and also the consumer group id (as the JVM handler did).
     pub client_id: String,
     pub tls: Option<TlsFiles>,
+    /// Any other librdkafka property, from `RDKAFKA_*` variables (values may be secrets).
+    pub kafka_properties: Vec<KafkaProperty>,
     /// Most commands applied in one database transaction.
     pub batch_size: usize,
     pub producer_linger_ms: u32,
     pub db_pool_size: u32,
 }
 
+/// Which clients a passed-through librdkafka property is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientScope {
+    All,
+    Consumers,
+    Producer,
+}
+
+/// A librdkafka property set through the environment:
+/// `RDKAFKA_SOCKET_KEEPALIVE_ENABLE=true` sets `socket.keepalive.enable` on every client,
+/// `RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS=10000` only on the consumers,
+/// `RDKAFKA_PRODUCER_COMPRESSION_TYPE=lz4` only on the producer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaProperty {
+    pub scope: ClientScope,
+    pub name: String,
+    pub value: Secret,
+}
+
+/// Properties the delivery guarantee depends on, or that have variables of their own.
+const RESERVED_PROPERTIES: [&str; 5] = [
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "group.id",
+    "bootstrap.servers",
+    "enable.idempotence",
+];
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {
-    pub variable: &'static str,
+    pub variable: String,
     pub problem: String,
 }
 
@@ -92,12 +122,19 @@ pub const DEFAULT_DB_USER: &str = "clojure_ch";
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|name| std::env::var(name).ok())
+        // Variables whose name or value is not Unicode are none of ours.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Config::from_vars(vars)
     }
 
-    /// Parses the configuration from any variable source (tests pass a map, so no test
-    /// touches the process environment).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    /// Parses the configuration from any set of variables (tests pass their own, so no
+    /// test touches the process environment).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let all: std::collections::HashMap<String, String> = vars.into_iter().collect();
+        let lookup = |name: &str| all.get(name).cloned();
         let vars = Vars(&lookup);
         let topics = Topics {
             account_creation_commands: vars.topic("KAFKA_CAC_TOPIC", "confirm_account_creation")?,
@@ -110,7 +147,7 @@ impl Config {
         };
         if topics.account_creation_commands == topics.money_transfer_commands {
             return Err(ConfigError {
-                variable: "KAFKA_CMT_TOPIC",
+                variable: "KAFKA_CMT_TOPIC".into(),
                 problem: "must differ from KAFKA_CAC_TOPIC".into(),
             });
         }
@@ -120,7 +157,7 @@ impl Config {
             || schema_registry_url.starts_with("https://"))
         {
             return Err(ConfigError {
-                variable: "SCHEMA_REGISTRY_URL",
+                variable: "SCHEMA_REGISTRY_URL".into(),
                 problem: "must start with http:// or https://".into(),
             });
         }
@@ -132,6 +169,7 @@ impl Config {
             topics,
             client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
             tls: vars.tls()?,
+            kafka_properties: kafka_properties(&all)?,
             batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
             // 0: a batch's records are handed to the producer together and the consumer waits
             // for their acknowledgement, so lingering only adds latency (see dev/bench).
@@ -153,7 +191,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         let value = self.get(name).unwrap_or_else(|| default.to_string());
         if value.trim() != value {
             return Err(ConfigError {
-                variable: name,
+                variable: name.into(),
                 problem: "has leading or trailing white space".into(),
             });
         }
@@ -173,7 +211,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         match text.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(ConfigError {
-                variable: name,
+                variable: name.into(),
                 problem: format!("must be a whole number from {min} to {max}"),
             }),
         }
@@ -189,7 +227,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
         if !legal {
             return Err(ConfigError {
-                variable: name,
+                variable: name.into(),
                 problem:
                     "is not a legal Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"
                         .into(),
@@ -202,7 +240,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         if let Some(url) = self.get("DATABASE_URL") {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(ConfigError {
-                    variable: "DATABASE_URL",
+                    variable: "DATABASE_URL".into(),
                     problem: "must start with postgres:// or postgresql://".into(),
                 });
             }
@@ -253,7 +291,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             .map(|(n, _)| *n)
         {
             return Err(ConfigError {
-                variable: missing,
+                variable: missing.into(),
                 problem: "mutual TLS needs all four KAFKA_SSL_* variables; this one is missing"
                     .into(),
             });
@@ -262,7 +300,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             let path = PathBuf::from(values[index].clone().unwrap_or_default());
             if !path.is_file() {
                 return Err(ConfigError {
-                    variable: NAMES[index],
+                    variable: NAMES[index].into(),
                     problem: format!("{} is not a readable file", path.display()),
                 });
             }
@@ -277,6 +315,50 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     }
 }
 
+fn kafka_properties(
+    all: &std::collections::HashMap<String, String>,
+) -> Result<Vec<KafkaProperty>, ConfigError> {
+    let mut properties: Vec<KafkaProperty> = Vec::new();
+    for (variable, value) in all {
+        let Some(rest) = variable.strip_prefix("RDKAFKA_") else {
+            continue;
+        };
+        let (scope, rest) = if let Some(rest) = rest.strip_prefix("CONSUMER_") {
+            (ClientScope::Consumers, rest)
+        } else if let Some(rest) = rest.strip_prefix("PRODUCER_") {
+            (ClientScope::Producer, rest)
+        } else {
+            (ClientScope::All, rest)
+        };
+        let name = rest.to_ascii_lowercase().replace('_', ".");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
+        {
+            return Err(ConfigError {
+                variable: variable.clone(),
+                problem: "is not a librdkafka property name".into(),
+            });
+        }
+        if RESERVED_PROPERTIES.contains(&name.as_str()) {
+            return Err(ConfigError {
+                variable: variable.clone(),
+                problem: format!(
+                    "{name} cannot be overridden: the handler's delivery guarantee or another variable sets it"
+                ),
+            });
+        }
+        properties.push(KafkaProperty {
+            scope,
+            name,
+            value: Secret(value.clone()),
+        });
+    }
+    properties.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(properties)
+}
+
 /// Quotes a libpq connection-string value.
 fn conninfo_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -284,16 +366,10 @@ fn conninfo_value(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|name| map.get(name).cloned())
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -404,6 +480,31 @@ mod tests {
         .unwrap();
         assert_eq!(config.tls.unwrap().key_password.expose(), "");
         assert_eq!(parse(&[("KAFKA_SSL_KEY_PASSWORD", "")]).unwrap().tls, None);
+    }
+
+    #[test]
+    fn librdkafka_properties_pass_through_by_scope() {
+        let config = parse(&[
+            ("RDKAFKA_SOCKET_KEEPALIVE_ENABLE", "true"),
+            ("RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
+            ("RDKAFKA_PRODUCER_COMPRESSION_TYPE", "lz4"),
+        ])
+        .unwrap();
+        let got: Vec<(ClientScope, &str, &str)> = config
+            .kafka_properties
+            .iter()
+            .map(|p| (p.scope, p.name.as_str(), p.value.expose()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (ClientScope::Producer, "compression.type", "lz4"),
+                (ClientScope::Consumers, "session.timeout.ms", "6000"),
+                (ClientScope::All, "socket.keepalive.enable", "true"),
+            ]
+        );
+        let error = parse(&[("RDKAFKA_CONSUMER_ENABLE_AUTO_OFFSET_STORE", "true")]).unwrap_err();
+        assert_eq!(error.variable, "RDKAFKA_CONSUMER_ENABLE_AUTO_OFFSET_STORE");
     }
 
     #[test]

@@ -13,7 +13,15 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
 
-use crate::config::Config;
+use crate::config::{ClientScope, Config};
+
+/// Sets the `RDKAFKA_*` properties of this scope, after the handler's own settings so
+/// that they win.
+fn pass_through(client: &mut ClientConfig, config: &Config, scope: ClientScope) {
+    for property in config.kafka_properties.iter().filter(|p| p.scope == scope) {
+        client.set(&property.name, property.value.expose());
+    }
+}
 
 /// Settings shared by the consumers and the producer: brokers, client id and TLS.
 pub fn client_config(config: &Config) -> ClientConfig {
@@ -33,6 +41,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
             .set("ssl.key.location", tls.key_location.to_string_lossy())
             .set("ssl.key.password", tls.key_password.expose());
     }
+    pass_through(&mut client, config, ClientScope::All);
     client
 }
 
@@ -79,7 +88,8 @@ pub type CommandConsumer = BaseConsumer<RebalanceSignal>;
 /// answers of a record are acknowledged (`enable.auto.offset.store=false`); stored
 /// offsets are committed in the background and on shutdown.
 pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandConsumer> {
-    let consumer: CommandConsumer = client_config(config)
+    let mut settings = client_config(config);
+    settings
         .set("group.id", &config.client_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -93,10 +103,11 @@ pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandCons
         // full queue stalls the partition for a second.
         .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "1000")
-        .set("fetch.queue.backoff.ms", "10")
-        .create_with_context(RebalanceSignal {
-            rebalanced: AtomicBool::new(false),
-        })?;
+        .set("fetch.queue.backoff.ms", "10");
+    pass_through(&mut settings, config, ClientScope::Consumers);
+    let consumer: CommandConsumer = settings.create_with_context(RebalanceSignal {
+        rebalanced: AtomicBool::new(false),
+    })?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
@@ -217,10 +228,12 @@ pub type AnswerProducer = ThreadedProducer<DeliveryReports>;
 /// partitioning keys as the JVM clients do (murmur2), so a key stays on its partition
 /// when this handler replaces the JVM one.
 pub fn answer_producer(config: &Config) -> KafkaResult<AnswerProducer> {
-    client_config(config)
+    let mut settings = client_config(config);
+    settings
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", config.producer_linger_ms.to_string())
-        .set("partitioner", "murmur2_random")
-        .create_with_context(DeliveryReports)
+        .set("partitioner", "murmur2_random");
+    pass_through(&mut settings, config, ClientScope::Producer);
+    settings.create_with_context(DeliveryReports)
 }

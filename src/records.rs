@@ -315,6 +315,16 @@ pub fn registry_settings(url: &str) -> Result<SrSettings, String> {
         .map_err(|e| e.error)
 }
 
+/// The most a length prefix in a datum may make the decoder allocate. Kafka records
+/// are a few MB at most (1 MB by default); without a limit apache-avro trusts a hostile
+/// length prefix up to 512 MiB per string.
+pub const MAX_DATUM_ALLOCATION: usize = 16 * 1024 * 1024;
+
+/// Applies [`MAX_DATUM_ALLOCATION`] process-wide (apache-avro keeps one global limit).
+pub fn limit_datum_allocations() {
+    apache_avro::util::max_allocation_bytes(MAX_DATUM_ALLOCATION);
+}
+
 /// Decodes command values of one topic.
 pub struct CommandDecoder {
     decoder: AvroDecoder,

@@ -133,3 +133,91 @@ fn evolved_writer_schemas_still_decode() {
     );
     assert_eq!(env.amount(&iban), Some(321));
 }
+
+/// Arbitrary and mutated values through the handler's own decode path (registry lookup,
+/// datum decoding, resolution to the reader schema, typed record), against the real
+/// registry: every input must end in a command or a clear error, never a panic or a
+/// hang. `FUZZ_ITERATIONS` raises the budget for a longer run.
+#[test]
+fn decoding_arbitrary_bytes_never_panics_or_hangs() {
+    use open_bank_command_handler::records::{
+        CommandDecoder, DecodeError, limit_datum_allocations, registry_settings,
+    };
+    use rand::{RngExt, SeedableRng};
+
+    let env = TestEnv::with_partitions("fuzz", 1);
+    limit_datum_allocations();
+    let decoder = CommandDecoder::new(registry_settings(&Stack::get().registry_url).unwrap());
+    let schema_id = env.register(
+        &env.topics.cmt,
+        "ConfirmMoneyTransfer",
+        CONFIRM_MONEY_TRANSFER_SCHEMA,
+    );
+    let valid = TestEnv::wire_bytes(
+        schema_id,
+        CONFIRM_MONEY_TRANSFER_SCHEMA,
+        TransferCmd::new("t", 5, "cash", BANK_IBAN).fields(),
+    );
+    assert!(
+        decoder.decode_money_transfer(&valid).is_ok(),
+        "the seed decodes"
+    );
+
+    let iterations: usize = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0ba4_c0de);
+    let (mut decoded, mut malformed) = (0, 0);
+    let started = std::time::Instant::now();
+    for i in 0..iterations {
+        let mut bytes = if i % 4 == 0 {
+            // Anything at all behind a valid header.
+            let mut b = valid[..5].to_vec();
+            b.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>()));
+            b
+        } else {
+            valid.clone()
+        };
+        for _ in 0..rng.random_range(1..5) {
+            let at = rng.random_range(5..bytes.len().max(6));
+            match rng.random_range(0..6) {
+                0 if at < bytes.len() => bytes[at] = rng.random(),
+                1 => bytes.insert(at.min(bytes.len()), rng.random()),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                3 => bytes.truncate(at),
+                // A huge or negative length prefix.
+                4 => bytes
+                    .splice(
+                        at.min(bytes.len())..at.min(bytes.len()),
+                        [0xfe, 0xff, 0xff, 0xff, 0x0f],
+                    )
+                    .for_each(drop),
+                _ => bytes.extend_from_slice(&[
+                    0x81, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01,
+                ]),
+            }
+        }
+        if i % 50 == 0 {
+            bytes[0] = rng.random(); // a wrong magic byte now and then
+        }
+        match decoder.decode_money_transfer(&bytes) {
+            Ok(_) => decoded += 1,
+            Err(DecodeError::Malformed(_)) => malformed += 1,
+            Err(error @ DecodeError::RegistryUnavailable(_)) => {
+                panic!("input {i}: {error} ({bytes:?})")
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("fuzz: {iterations} inputs in {elapsed:?}: {decoded} decoded, {malformed} malformed");
+    assert_eq!(decoded + malformed, iterations);
+    assert!(malformed > iterations / 2, "most mutations must be refused");
+    // A generous bound that only a hang (not a slow machine) would pass.
+    assert!(
+        elapsed < std::time::Duration::from_secs(120),
+        "decoding took {elapsed:?}: something hangs"
+    );
+}

@@ -50,47 +50,74 @@ pub struct Stack {
     pub db_port: String,
     pub admin_database_url: String,
     pub kafka_version: String,
+    /// The broker's mutual-TLS listener and the certificates made for it.
+    pub tls: TlsStack,
+}
+
+pub struct TlsStack {
+    pub brokers: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub key_password: String,
+    pub rogue_cert: String,
+    pub rogue_key: String,
 }
 
 impl Stack {
+    /// The stack the tests share (started by `dev/test`).
     pub fn get() -> &'static Stack {
         static STACK: OnceLock<Stack> = OnceLock::new();
         STACK.get_or_init(|| {
             let path = std::env::var_os("OPEN_BANK_STACK_ENV")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/stack/env"));
-            let text = fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!(
-                    "the local stack is not running ({}: {e}). Run the tests with `dev/test`, \
-                     or start the stack with `dev/stack up` first.",
-                    path.display()
-                )
-            });
-            let vars: HashMap<String, String> = text
-                .lines()
-                .filter_map(|line| line.trim().strip_prefix("export ").or(Some(line.trim())))
-                .filter_map(|line| line.split_once('='))
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        v.trim_matches(|c| c == '"' || c == '\'').to_string(),
-                    )
-                })
-                .collect();
-            let get = |name: &str| {
-                vars.get(name)
-                    .cloned()
-                    .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
-            };
-            Stack {
-                brokers: get("KAFKA_BROKERS"),
-                registry_url: get("SCHEMA_REGISTRY_URL"),
-                db_host: get("DB_HOSTNAME"),
-                db_port: get("DB_PORT"),
-                admin_database_url: get("TEST_ADMIN_DATABASE_URL"),
-                kafka_version: vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
-            }
+            Stack::read(&path)
         })
+    }
+
+    /// A stack from the env file `dev/stack up` wrote.
+    pub fn read(path: &Path) -> Stack {
+        let text = fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "the local stack is not running ({}: {e}). Run the tests with `dev/test`, \
+                 or start the stack with `dev/stack up` first.",
+                path.display()
+            )
+        });
+        let vars: HashMap<String, String> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("export ").or(Some(line.trim())))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.trim_matches(|c| c == '"' || c == '\'').to_string(),
+                )
+            })
+            .collect();
+        let get = |name: &str| {
+            vars.get(name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+        };
+        Stack {
+            brokers: get("KAFKA_BROKERS"),
+            registry_url: get("SCHEMA_REGISTRY_URL"),
+            db_host: get("DB_HOSTNAME"),
+            db_port: get("DB_PORT"),
+            admin_database_url: get("TEST_ADMIN_DATABASE_URL"),
+            kafka_version: vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
+            tls: TlsStack {
+                brokers: get("KAFKA_TLS_BROKERS"),
+                ca: get("TLS_CA_LOCATION"),
+                cert: get("TLS_CLIENT_CERT_LOCATION"),
+                key: get("TLS_CLIENT_KEY_LOCATION"),
+                key_password: get("TLS_CLIENT_KEY_PASSWORD"),
+                rogue_cert: get("TLS_ROGUE_CERT_LOCATION"),
+                rogue_key: get("TLS_ROGUE_KEY_LOCATION"),
+            },
+        }
     }
 
     pub fn registry(&self) -> SrSettings {
@@ -100,6 +127,104 @@ impl Stack {
     pub fn admin_connection(&self) -> PgConnection {
         PgConnection::establish(&self.admin_database_url)
             .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"))
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("admin client")
+    }
+
+    pub fn create_topics(&self, names: &[&String], partitions: i32, config: &[(&str, &str)]) {
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|name| {
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                config
+                    .iter()
+                    .fold(topic, |topic, (key, value)| topic.set(key, value))
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = futures_executor::block_on(self.admin().create_topics(&topics, &options))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot reach Kafka at {} to create topics: {e}",
+                    self.brokers
+                )
+            });
+        for result in results {
+            if let Err((topic, error)) = result {
+                panic!("cannot create topic {topic}: {error}");
+            }
+        }
+    }
+
+    fn delete_topics(&self, names: &[&String]) {
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let _ =
+            futures_executor::block_on(self.admin().delete_topics(&names, &AdminOptions::new()));
+    }
+}
+
+/// A stack of its own, for a test that stops and starts services under load; stopped
+/// and removed on drop.
+pub struct PrivateStack {
+    dir: PathBuf,
+    pub stack: &'static Stack,
+}
+
+impl PrivateStack {
+    pub fn up(name: &str) -> PrivateStack {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "stack-{name}-{}",
+            &Uuid::new_v4().simple().to_string()[..6]
+        ));
+        // The same Kafka version as the shared stack.
+        let output = PrivateStack::dev_stack(&["up", dir.to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "dev/stack up failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stack: &'static Stack = Box::leak(Box::new(Stack::read(&dir.join("env"))));
+        PrivateStack { dir, stack }
+    }
+
+    fn dev_stack(args: &[&str]) -> std::process::Output {
+        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/stack"))
+            .args(args)
+            .env("KAFKA_VERSION", &Stack::get().kafka_version)
+            .output()
+            .expect("run dev/stack")
+    }
+
+    /// Stops a service (kafka, postgres, registry); `start` brings it back on its port.
+    pub fn stop(&self, service: &str) {
+        let output =
+            PrivateStack::dev_stack(&["stop-service", service, self.dir.to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "stopping {service} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn start(&self, service: &str) {
+        let output =
+            PrivateStack::dev_stack(&["start-service", service, self.dir.to_str().unwrap()]);
+        assert!(
+            output.status.success(),
+            "starting {service} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = PrivateStack::dev_stack(&["down", self.dir.to_str().unwrap()]);
     }
 }
 
@@ -233,6 +358,7 @@ impl Topics {
 /// Everything one test owns: topics, a database, a consumer group, handler processes,
 /// and a client that writes commands and reads the handler's output.
 pub struct TestEnv {
+    pub stack: &'static Stack,
     pub name: String,
     pub topics: Topics,
     pub partitions: i32,
@@ -243,6 +369,8 @@ pub struct TestEnv {
     collector: BaseConsumer,
     schema_cache: HashMap<u32, Schema>,
     outputs: Vec<Output>,
+    last_read_error: Option<String>,
+    read_errors: usize,
     command_schema_ids: HashMap<&'static str, u32>,
 }
 
@@ -252,7 +380,11 @@ impl TestEnv {
     }
 
     pub fn with_partitions(test: &str, partitions: i32) -> TestEnv {
-        let stack = Stack::get();
+        TestEnv::on(Stack::get(), test, partitions)
+    }
+
+    /// A test environment on a given stack (a private one, for tests that stop services).
+    pub fn on(stack: &'static Stack, test: &str, partitions: i32) -> TestEnv {
         let name = format!("{test}_{}", &Uuid::new_v4().simple().to_string()[..8]);
         let topics = Topics {
             cac: format!("{name}.cac"),
@@ -262,7 +394,7 @@ impl TestEnv {
             bc: format!("{name}.bc"),
             dlq: format!("{name}.dlq"),
         };
-        create_topics(
+        stack.create_topics(
             &[
                 &topics.cac,
                 &topics.acf,
@@ -272,6 +404,7 @@ impl TestEnv {
                 &topics.dlq,
             ],
             partitions,
+            &[],
         );
         let database = format!("t_{name}");
         diesel::sql_query(format!("CREATE DATABASE \"{database}\" OWNER clojure_ch"))
@@ -288,6 +421,8 @@ impl TestEnv {
             .set("bootstrap.servers", &stack.brokers)
             .set("group.id", format!("{name}.collector"))
             .set("enable.auto.commit", "false")
+            // If a broker restart resets its position, read again rather than skip.
+            .set("auto.offset.reset", "earliest")
             .create()
             .expect("test consumer");
         let mut assignment = TopicPartitionList::new();
@@ -301,6 +436,7 @@ impl TestEnv {
         collector.assign(&assignment).expect("assign output topics");
 
         let mut env = TestEnv {
+            stack,
             group: format!("{name}.handler"),
             name,
             topics,
@@ -311,6 +447,8 @@ impl TestEnv {
             collector,
             schema_cache: HashMap::new(),
             outputs: Vec::new(),
+            last_read_error: None,
+            read_errors: 0,
             command_schema_ids: HashMap::new(),
         };
         env.command_schema_ids.insert(
@@ -336,13 +474,13 @@ impl TestEnv {
     pub fn register(&self, topic: &str, record: &str, schema: &str) -> u32 {
         let subject = format!("{topic}-nl.openweb.data.{record}");
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
-        post_schema(&Stack::get().registry(), subject.clone(), supplied)
+        post_schema(&self.stack.registry(), subject.clone(), supplied)
             .unwrap_or_else(|e| panic!("cannot register {subject}: {e}"))
             .id
     }
 
     pub fn database_url(&self) -> String {
-        let stack = Stack::get();
+        let stack = self.stack;
         format!(
             "postgres://clojure_ch:open-bank@{}:{}/{}",
             stack.db_host, stack.db_port, self.database
@@ -351,7 +489,7 @@ impl TestEnv {
 
     /// The handler's environment for this test, as a deployment would set it.
     pub fn handler_env(&self) -> Vec<(String, String)> {
-        let stack = Stack::get();
+        let stack = self.stack;
         [
             ("KAFKA_BROKERS", stack.brokers.clone()),
             ("SCHEMA_REGISTRY_URL", stack.registry_url.clone()),
@@ -489,9 +627,10 @@ impl TestEnv {
                     .map(|o| format!("{}: {}", o.topic, o.summary()))
                     .collect();
                 panic!(
-                    "timed out waiting for {what}; read {} records:\n{}",
+                    "timed out waiting for {what}; read {} records:\n{}\n{}",
                     seen.len(),
-                    seen.join("\n")
+                    seen.join("\n"),
+                    self.read_positions()
                 );
             }
             self.poll_outputs(Duration::from_millis(100));
@@ -508,11 +647,43 @@ impl TestEnv {
         &self.outputs
     }
 
+    /// Per output partition: the last offset read and the broker's high watermark.
+    fn read_positions(&self) -> String {
+        let mut lines = vec![format!(
+            "{} read errors, the last: {:?}\nread positions (last offset read / high watermark):",
+            self.read_errors, self.last_read_error
+        )];
+        for topic in self.topics.outputs() {
+            for partition in 0..self.partitions {
+                let read = self
+                    .outputs
+                    .iter()
+                    .filter(|o| &o.topic == topic && o.partition == partition)
+                    .map(|o| o.offset)
+                    .max();
+                let high = self
+                    .collector
+                    .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                    .map(|(_, h)| h);
+                lines.push(format!("  {topic}/{partition}: {read:?} / {high:?}"));
+            }
+        }
+        lines.join("\n")
+    }
+
     fn poll_outputs(&mut self, timeout: Duration) {
         let Some(result) = self.collector.poll(timeout) else {
             return;
         };
-        let message = result.expect("reading output topics");
+        // The broker may be away (outage tests): try again on the next poll.
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                self.read_errors += 1;
+                self.last_read_error = Some(error.to_string());
+                return;
+            }
+        };
         let headers = message
             .headers()
             .map(|h| {
@@ -549,11 +720,11 @@ impl TestEnv {
         );
         assert_eq!(bytes[0], 0, "magic byte");
         let schema_id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+        let stack = self.stack;
         let schema = self.schema_cache.entry(schema_id).or_insert_with(|| {
-            let registered =
-                get_schema_by_id(schema_id, &Stack::get().registry()).unwrap_or_else(|e| {
-                    panic!("schema id {schema_id} of an output is unknown to the registry: {e}")
-                });
+            let registered = get_schema_by_id(schema_id, &stack.registry()).unwrap_or_else(|e| {
+                panic!("schema id {schema_id} of an output is unknown to the registry: {e}")
+            });
             Schema::parse_str(&registered.schema).expect("registered schema parses")
         });
         let name = match &*schema {
@@ -645,6 +816,19 @@ impl TestEnv {
         PgConnection::establish(&self.database_url()).expect("connect to the test database")
     }
 
+    /// The test database as the superuser: reads whoever owns the tables.
+    pub fn admin_db(&self) -> PgConnection {
+        let server = self
+            .stack
+            .admin_database_url
+            .rsplit_once('/')
+            .expect("a database URL")
+            .0
+            .to_string();
+        PgConnection::establish(&format!("{server}/{}", self.database))
+            .expect("connect to the test database as admin")
+    }
+
     /// The amount of an account, straight from the `balance` table.
     pub fn amount(&self, iban: &str) -> Option<i64> {
         #[derive(QueryableByName)]
@@ -654,7 +838,7 @@ impl TestEnv {
         }
         diesel::sql_query("SELECT amount FROM balance WHERE iban = $1")
             .bind::<Text, _>(iban)
-            .get_result::<Row>(&mut self.db())
+            .get_result::<Row>(&mut self.admin_db())
             .optional()
             .expect("query balance")
             .map(|row| row.amount)
@@ -670,7 +854,7 @@ impl Drop for TestEnv {
                 handler.print_log_tail(60);
             }
         }
-        let stack = Stack::get();
+        let stack = self.stack;
         let _ = diesel::sql_query(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.database
@@ -684,49 +868,8 @@ impl Drop for TestEnv {
             &self.topics.bc,
             &self.topics.dlq,
         ];
-        delete_topics(&topics);
+        stack.delete_topics(&topics);
     }
-}
-
-fn admin() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &Stack::get().brokers)
-        .create()
-        .expect("admin client")
-}
-
-pub fn create_topics(names: &[&String], partitions: i32) {
-    create_topics_with_config(names, partitions, &[]);
-}
-
-pub fn create_topics_with_config(names: &[&String], partitions: i32, config: &[(&str, &str)]) {
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|name| {
-            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-            config
-                .iter()
-                .fold(topic, |topic, (key, value)| topic.set(key, value))
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = futures_executor::block_on(admin().create_topics(&topics, &options))
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot reach Kafka at {} to create topics: {e}",
-                Stack::get().brokers
-            )
-        });
-    for result in results {
-        if let Err((topic, error)) = result {
-            panic!("cannot create topic {topic}: {error}");
-        }
-    }
-}
-
-fn delete_topics(names: &[&String]) {
-    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let _ = futures_executor::block_on(admin().delete_topics(&names, &AdminOptions::new()));
 }
 
 /// A handler process, its output captured to `target/test-logs/`.
@@ -818,6 +961,10 @@ impl Handler {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.exit.is_none() && self.child.try_wait().unwrap().is_none()
     }
 
     pub fn kill(&mut self) {

@@ -172,3 +172,91 @@ fn database_password_never_appears_in_logs() {
         env.handler(index).kill();
     }
 }
+
+#[test]
+fn mutual_tls_to_kafka_with_secrets_kept_out_of_the_logs() {
+    let mut env = TestEnv::new("tls");
+    let tls = &Stack::get().tls;
+    let stack = Stack::get();
+    // A database password and a TLS key password, both distinctive, both configured.
+    let db_password = "Db-pw-kept-secret-4242";
+    let role = format!("tls_{}", &env.name[env.name.len() - 8..]);
+    diesel::sql_query(format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{db_password}'"
+    ))
+    .execute(&mut stack.admin_connection())
+    .unwrap();
+    diesel::sql_query(format!(
+        "ALTER DATABASE \"{}\" OWNER TO \"{role}\"",
+        env.database
+    ))
+    .execute(&mut stack.admin_connection())
+    .unwrap();
+    let url = format!(
+        "postgres://{role}:{db_password}@{}:{}/{}",
+        stack.db_host, stack.db_port, env.database
+    );
+    let over_tls = [
+        ("KAFKA_BROKERS", tls.brokers.as_str()),
+        ("KAFKA_SSL_CA_LOCATION", tls.ca.as_str()),
+        ("KAFKA_SSL_CERT_LOCATION", tls.cert.as_str()),
+        ("KAFKA_SSL_KEY_LOCATION", tls.key.as_str()),
+        ("KAFKA_SSL_KEY_PASSWORD", tls.key_password.as_str()),
+        ("DATABASE_URL", url.as_str()),
+        ("RUST_LOG", "trace"),
+    ];
+    let handler = env.start_handler(&over_tls);
+
+    // The scenario over TLS: an account opened, money moved, a refusal.
+    let (iban, token) = env.open_account();
+    assert_eq!(
+        env.transfer(&TransferCmd::new("", 1_000, "cash", &iban)),
+        None
+    );
+    assert_eq!(
+        env.transfer(&TransferCmd::new(&token, 600, &iban, BANK_IBAN)),
+        None
+    );
+    assert_eq!(
+        env.transfer(&TransferCmd::new("bad", 1, &iban, BANK_IBAN))
+            .as_deref(),
+        Some("invalid token")
+    );
+    assert_eq!(env.amount(&iban), Some(400));
+
+    env.handler(handler).signal("TERM");
+    assert!(
+        env.handler(handler)
+            .wait_exit(Duration::from_secs(30))
+            .success()
+    );
+    let log = env.handler(handler).log();
+    assert!(log.contains("TLS on"), "the handler says it uses TLS");
+    for secret in [db_password, tls.key_password.as_str()] {
+        assert!(!log.contains(secret), "a secret leaked into the trace log");
+    }
+
+    // A client certificate from another CA is refused by the broker, with a clear error,
+    // and nothing is processed.
+    let rogue = [
+        ("KAFKA_SSL_CERT_LOCATION", tls.rogue_cert.as_str()),
+        ("KAFKA_SSL_KEY_LOCATION", tls.rogue_key.as_str()),
+        ("KAFKA_CLIENT_ID", "rogue"),
+        ("RUST_LOG", "info"),
+    ];
+    let vars: Vec<(&str, &str)> = over_tls[..6].iter().copied().chain(rogue).collect();
+    let rogue = env.start_handler(&vars);
+    // The broker's verdict, as the handler logs it (the test fails if it never comes).
+    env.handler(rogue).wait_for_log("bad certificate");
+    // The role made for this test goes with its database.
+    let mut admin = stack.admin_connection();
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        env.database
+    ))
+    .execute(&mut admin)
+    .unwrap();
+    diesel::sql_query(format!("DROP ROLE \"{role}\""))
+        .execute(&mut admin)
+        .unwrap();
+}

@@ -7,6 +7,7 @@ mod harness;
 mod accounts;
 mod bad_input;
 mod concurrency;
+mod faults;
 mod lifecycle;
 mod replay;
 mod transfers;

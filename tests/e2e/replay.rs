@@ -69,7 +69,8 @@ fn a_record_redelivered_after_a_crash_gets_its_answer_and_events_again() {
     // The first handler's BalanceChanged topic refuses every record, so its batch is
     // applied and answered but never fully acknowledged: then it crashes (SIGKILL).
     let refusing = format!("{}.refusing", env.name);
-    create_topics_with_config(&[&refusing], 1, &[("max.message.bytes", "10")]);
+    env.stack
+        .create_topics(&[&refusing], 1, &[("max.message.bytes", "10")]);
     let crashing = env.start_handler(&[("KAFKA_BC_TOPIC", &refusing)]);
     let (iban, _) = env.open_account();
     let deposit = TransferCmd::new("", 5_000, "cash", &iban);

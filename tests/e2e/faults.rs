@@ -1,0 +1,296 @@
+//! Breaking things under load: handlers killed with SIGKILL at random moments and
+//! restarted, handlers joining and leaving a consumer group of three. Afterwards no
+//! command is lost, none is applied twice, and every confirmed transfer's events exist.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::harness::*;
+
+/// Commands for a few accounts: cash deposits and transfers between them, so that
+/// several instances and partitions touch the same accounts at once. The description
+/// carries the command id, to find each transfer's BalanceChanged events.
+fn load(rng: &mut StdRng, accounts: &[(String, String)], count: usize) -> Vec<TransferCmd> {
+    (0..count)
+        .map(|_| {
+            let (a, b) = (
+                rng.random_range(0..accounts.len()),
+                rng.random_range(0..accounts.len()),
+            );
+            let mut command = if rng.random_range(0..3) == 0 || a == b {
+                TransferCmd::new("", rng.random_range(100..5_000), "cash", &accounts[a].0)
+            } else {
+                // Large enough that accounts reach their limit and some are refused.
+                TransferCmd::new(
+                    &accounts[a].1,
+                    rng.random_range(1_000..40_000),
+                    &accounts[a].0,
+                    &accounts[b].0,
+                )
+            };
+            command.description = command.id.to_string();
+            command
+        })
+        .collect()
+}
+
+/// What a fault run found; every field but the duplicates must be zero.
+#[derive(Debug, Default)]
+struct Findings {
+    unanswered: usize,
+    answers_disagreeing: usize,
+    balances_wrong: usize,
+    events_missing: usize,
+    duplicate_answers: usize,
+    duplicate_events: usize,
+    confirmed: usize,
+}
+
+fn check_invariants(
+    env: &mut TestEnv,
+    commands: &[TransferCmd],
+    accounts: &[(String, String)],
+) -> Findings {
+    let ids: Vec<uuid::Uuid> = commands.iter().map(|c| c.id).collect();
+    env.await_answers(&ids);
+    let mut findings = Findings::default();
+    let mut expected: HashMap<&str, i64> = accounts
+        .iter()
+        .map(|(iban, _)| (iban.as_str(), 0))
+        .collect();
+    let mut wanted_events: HashMap<String, usize> = HashMap::new();
+    for command in commands {
+        let answers = env.answers_to(command.id);
+        if answers.is_empty() {
+            findings.unanswered += 1;
+            continue;
+        }
+        let kinds: HashSet<String> = answers.iter().map(|a| a.summary()).collect();
+        findings.answers_disagreeing += kinds.len() - 1;
+        findings.duplicate_answers += answers.len() - 1;
+        if answers[0].record_name().ends_with("MoneyTransferConfirmed") {
+            findings.confirmed += 1;
+            let mut events = 0;
+            for (party, sign) in [(&command.from, -1), (&command.to, 1)] {
+                if let Some(balance) = expected.get_mut(party.as_str()) {
+                    *balance += sign * command.amount;
+                    events += 1;
+                }
+            }
+            wanted_events.insert(command.id.to_string(), events);
+        }
+    }
+    let bc = env.topics.bc.clone();
+    let total: usize = wanted_events.values().sum();
+    env.collect_until("the events of every confirmed transfer", |o| {
+        o.iter().filter(|o| o.topic == bc).count() >= total
+    });
+    env.collect_for(Duration::from_secs(1));
+    let mut seen: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();
+    for event in env.on_topic(&bc) {
+        let triple = (
+            event.string("iban"),
+            event.long("new_balance"),
+            event.long("changed_by"),
+        );
+        seen.entry(event.string("description"))
+            .or_default()
+            .push(triple);
+    }
+    for (id, events) in &wanted_events {
+        let got = seen.get(id).map(Vec::as_slice).unwrap_or_default();
+        let distinct: HashSet<&(String, i64, i64)> = got.iter().collect();
+        findings.events_missing += events.saturating_sub(distinct.len());
+        findings.duplicate_events += got.len() - distinct.len();
+    }
+    for (iban, want) in expected {
+        if env.amount(iban) != Some(want) {
+            findings.balances_wrong += 1;
+        }
+    }
+    findings
+}
+
+fn assert_nothing_lost(what: &str, findings: &Findings, commands: usize) {
+    eprintln!(
+        "{what}: {commands} commands ({} confirmed): lost {}, disagreeing {}, wrong balances {}, events missing {}; \
+         duplicates after crashes: {} answers, {} events",
+        findings.confirmed,
+        findings.unanswered,
+        findings.answers_disagreeing,
+        findings.balances_wrong,
+        findings.events_missing,
+        findings.duplicate_answers,
+        findings.duplicate_events
+    );
+    assert_eq!(
+        (
+            findings.unanswered,
+            findings.answers_disagreeing,
+            findings.balances_wrong,
+            findings.events_missing
+        ),
+        (0, 0, 0, 0),
+        "{what}: {findings:?}"
+    );
+    assert!(
+        findings.confirmed < commands,
+        "{what}: some transfers must be refused for the run to test the limit"
+    );
+}
+
+/// Fail over in seconds rather than the default 45 s when an instance dies.
+const FAST_FAILOVER: [(&str, &str); 2] = [
+    ("RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
+    ("RDKAFKA_CONSUMER_HEARTBEAT_INTERVAL_MS", "500"),
+];
+
+#[test]
+fn sigkill_at_random_moments_under_load_loses_nothing() {
+    let mut env = TestEnv::with_partitions("sigkill", 6);
+    let mut current = env.start_handler(&FAST_FAILOVER);
+    let accounts: Vec<(String, String)> = (0..8).map(|_| env.open_account()).collect();
+    let mut rng = StdRng::seed_from_u64(9);
+    let commands = load(&mut rng, &accounts, 2_400);
+
+    // 24 rounds of 100 commands; a SIGKILL at a random moment in five of them, the
+    // replacement started at once.
+    let mut kills = 0;
+    for (round, chunk) in commands.chunks(100).enumerate() {
+        for command in chunk {
+            env.send_transfer(command);
+        }
+        env.flush();
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
+        if round % 5 == 2 {
+            env.handler(current).signal("KILL");
+            env.handler(current).wait_exit(Duration::from_secs(10));
+            kills += 1;
+            current = env.start_handler(&FAST_FAILOVER);
+        }
+    }
+    let findings = check_invariants(&mut env, &commands, &accounts);
+    assert_nothing_lost(
+        &format!("{kills} SIGKILLs under load"),
+        &findings,
+        commands.len(),
+    );
+}
+
+#[test]
+fn three_instances_joining_and_leaving_under_load_lose_nothing() {
+    let mut env = TestEnv::with_partitions("rebalance", 9);
+    let mut running: Vec<usize> = (0..3).map(|_| env.start_handler(&[])).collect();
+    let accounts: Vec<(String, String)> = (0..6).map(|_| env.open_account()).collect();
+    let mut rng = StdRng::seed_from_u64(11);
+    let commands = load(&mut rng, &accounts, 2_000);
+
+    for (round, chunk) in commands.chunks(100).enumerate() {
+        for command in chunk {
+            env.send_transfer(command);
+        }
+        env.flush();
+        std::thread::sleep(Duration::from_millis(200));
+        match round {
+            // SIGTERM under load: the instance finishes its batch and exits 0 promptly.
+            4 | 12 => {
+                let leaving = running.remove(0);
+                env.handler(leaving).signal("TERM");
+                let status = env.handler(leaving).wait_exit(Duration::from_secs(30));
+                assert!(status.success(), "SIGTERM under load: exit status {status}");
+            }
+            8 | 16 => running.push(env.start_handler(&[])),
+            _ => {}
+        }
+    }
+    let findings = check_invariants(&mut env, &commands, &accounts);
+    assert_nothing_lost(
+        "3 instances, 2 leaving and 2 joining under load",
+        &findings,
+        commands.len(),
+    );
+}
+
+#[test]
+fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
+    let private = PrivateStack::up("outages");
+    let mut env = TestEnv::on(private.stack, "outages", 3);
+    let handler = env.start_handler(&[]);
+    let accounts: Vec<(String, String)> = (0..4).map(|_| env.open_account()).collect();
+    let mut rng = StdRng::seed_from_u64(13);
+    let commands = load(&mut rng, &accounts, 800);
+    let chunks: Vec<&[TransferCmd]> = commands.chunks(100).collect();
+    let send =
+        |env: &TestEnv, chunk: &[TransferCmd]| chunk.iter().for_each(|c| env.send_transfer(c));
+
+    // The broker stops while commands are being handled, and comes back.
+    send(&env, chunks[0]);
+    env.flush();
+    private.stop("kafka");
+    send(&env, chunks[1]);
+    std::thread::sleep(Duration::from_secs(3));
+    private.start("kafka");
+    send(&env, chunks[2]);
+    env.flush();
+
+    // PostgreSQL stops (connections cut mid-transaction), and comes back.
+    send(&env, chunks[3]);
+    env.flush();
+    std::thread::sleep(Duration::from_millis(300));
+    private.stop("postgres");
+    send(&env, chunks[4]);
+    env.flush();
+    std::thread::sleep(Duration::from_secs(3));
+    private.start("postgres");
+
+    // The registry is away when the handler meets a schema id it has not seen: those
+    // commands wait (no dead letter), and are handled once it is back.
+    let evolved = CONFIRM_MONEY_TRANSFER_SCHEMA.replace(
+        r#"{"name":"description""#,
+        r#"{"name":"note","type":"string","default":""},{"name":"description""#,
+    );
+    let evolved_id = env.register(&env.topics.cmt.clone(), "ConfirmMoneyTransfer", &evolved);
+    send(&env, chunks[5]);
+    env.flush();
+    private.stop("registry");
+    for command in chunks[6] {
+        let mut fields = command.fields();
+        fields.insert(
+            5,
+            (
+                "note".into(),
+                apache_avro::types::Value::String("evolved".into()),
+            ),
+        );
+        let bytes = TestEnv::wire_bytes(evolved_id, &evolved, fields);
+        env.send_raw(
+            &env.topics.cmt.clone(),
+            Some(command.id.to_string().as_bytes()),
+            Some(&bytes),
+        );
+    }
+    env.flush();
+    std::thread::sleep(Duration::from_secs(3));
+    private.start("registry");
+    send(&env, chunks[7]);
+    env.flush();
+
+    let findings = check_invariants(&mut env, &commands, &accounts);
+    assert_nothing_lost(
+        "Kafka, PostgreSQL and registry outages under load",
+        &findings,
+        commands.len(),
+    );
+    assert_eq!(
+        env.on_topic(&env.topics.dlq.clone()).count(),
+        0,
+        "nothing dead-lettered during the outages"
+    );
+    assert!(
+        env.handler(handler).is_running(),
+        "the handler rode out every outage"
+    );
+}

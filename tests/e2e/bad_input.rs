@@ -221,3 +221,92 @@ fn decoding_arbitrary_bytes_never_panics_or_hangs() {
         "decoding took {elapsed:?}: something hangs"
     );
 }
+
+/// Valid records with absurd contents get clear answers, and one too large to be a
+/// command goes to the dead-letter topic; the records after them are handled.
+#[test]
+fn absurd_contents_get_clear_answers() {
+    let mut env = TestEnv::with_partitions("absurd", 1);
+    env.start_handler(&[]);
+    let (iban, token) = env.open_account();
+    let long = "NL".repeat(50_000);
+    let cases = [
+        (
+            TransferCmd::new("", 5, &long, &iban),
+            Some("from is invalid"),
+        ),
+        (
+            TransferCmd::new("", 5, "NL66OPEN000000000\u{0}", &iban),
+            Some("from is invalid"),
+        ),
+        (
+            TransferCmd::new("", 5, "ＮＬ66OPEN0000000000", &iban),
+            Some("from is invalid"),
+        ),
+        (
+            TransferCmd::new("", 5, "cash", &long),
+            Some("both to and from not known at this bank"),
+        ),
+        (
+            TransferCmd::new("", i64::MIN, "cash", &iban),
+            Some("amount should be greater than zero"),
+        ),
+        (TransferCmd::new("", i64::MAX, "cash", &iban), None),
+        (
+            TransferCmd::new("", 1, "cash", &iban),
+            Some("amount is too large"),
+        ),
+        (
+            TransferCmd::new(&long, 1, &iban, "cash"),
+            Some("invalid token"),
+        ),
+        // Any text is a description, NUL and all; it comes back unchanged.
+        (
+            TransferCmd {
+                description: format!("a\u{0}b {}", "€".repeat(10_000)),
+                ..TransferCmd::new(&token, 1, &iban, "\u{0}")
+            },
+            None,
+        ),
+    ];
+    for (command, reason) in &cases {
+        assert_eq!(
+            env.transfer(command).as_deref(),
+            *reason,
+            "{:.80?}",
+            command
+        );
+    }
+    let bc = env.topics.bc.clone();
+    env.collect_until("the event with the odd description", |o| {
+        o.iter().filter(|o| o.topic == bc).count() == 2
+    });
+    let last = env
+        .balance_changes_for(&iban)
+        .last()
+        .cloned()
+        .cloned()
+        .unwrap();
+    assert_eq!(last.string("description"), cases[8].0.description);
+    assert_eq!(last.string("from_to"), "\u{0}");
+
+    // A value larger than any command can be (but within what Kafka takes) is
+    // dead-lettered as it came, and the next command is answered.
+    let huge = vec![0u8; 900_000];
+    env.send_raw(&env.topics.cmt.clone(), Some(b"huge"), Some(&huge));
+    let after = TransferCmd::new("", 7, "cash", BANK_IBAN);
+    assert_eq!(env.transfer(&after), None);
+    let dlq = env.topics.dlq.clone();
+    env.collect_until("the huge value dead-lettered", |o| {
+        o.iter().any(|o| o.topic == dlq)
+    });
+    assert_eq!(
+        env.on_topic(&dlq)
+            .next()
+            .unwrap()
+            .value
+            .as_ref()
+            .map(Vec::len),
+        Some(900_000)
+    );
+}

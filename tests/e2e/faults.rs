@@ -142,6 +142,16 @@ fn assert_nothing_lost(what: &str, findings: &Findings, commands: usize) {
     );
 }
 
+/// `FAULT_SCALE=N` runs the SIGKILL and rebalance tests N times longer (more load,
+/// more kills); the suite's default is 1.
+fn scale() -> usize {
+    std::env::var("FAULT_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Fail over in seconds rather than the default 45 s when an instance dies.
 const FAST_FAILOVER: [(&str, &str); 2] = [
     ("RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
@@ -154,9 +164,9 @@ fn sigkill_at_random_moments_under_load_loses_nothing() {
     let mut current = env.start_handler(&FAST_FAILOVER);
     let accounts: Vec<(String, String)> = (0..8).map(|_| env.open_account()).collect();
     let mut rng = StdRng::seed_from_u64(9);
-    let commands = load(&mut rng, &accounts, 2_400);
+    let commands = load(&mut rng, &accounts, 2_400 * scale());
 
-    // 24 rounds of 100 commands; a SIGKILL at a random moment in five of them, the
+    // Rounds of 100 commands; a SIGKILL at a random moment in every fifth, the
     // replacement started at once.
     let mut kills = 0;
     for (round, chunk) in commands.chunks(100).enumerate() {
@@ -186,23 +196,28 @@ fn three_instances_joining_and_leaving_under_load_lose_nothing() {
     let mut running: Vec<usize> = (0..3).map(|_| env.start_handler(&[])).collect();
     let accounts: Vec<(String, String)> = (0..6).map(|_| env.open_account()).collect();
     let mut rng = StdRng::seed_from_u64(11);
-    let commands = load(&mut rng, &accounts, 2_000);
+    let commands = load(&mut rng, &accounts, 2_000 * scale());
 
+    let (mut left, mut joined) = (0, 0);
     for (round, chunk) in commands.chunks(100).enumerate() {
         for command in chunk {
             env.send_transfer(command);
         }
         env.flush();
         std::thread::sleep(Duration::from_millis(200));
-        match round {
+        match round % 20 {
             // SIGTERM under load: the instance finishes its batch and exits 0 promptly.
             4 | 12 => {
                 let leaving = running.remove(0);
                 env.handler(leaving).signal("TERM");
                 let status = env.handler(leaving).wait_exit(Duration::from_secs(30));
                 assert!(status.success(), "SIGTERM under load: exit status {status}");
+                left += 1;
             }
-            8 | 16 => running.push(env.start_handler(&[])),
+            8 | 16 => {
+                running.push(env.start_handler(&[]));
+                joined += 1;
+            }
             _ => {}
         }
     }

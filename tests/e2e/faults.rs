@@ -222,11 +222,9 @@ fn three_instances_joining_and_leaving_under_load_lose_nothing() {
         }
     }
     let findings = check_invariants(&mut env, &commands, &accounts);
-    assert_nothing_lost(
-        "3 instances, 2 leaving and 2 joining under load",
-        &findings,
-        commands.len(),
-    );
+    let what =
+        format!("3 instances, {left} leaving (SIGTERM, exit 0) and {joined} joining under load");
+    assert_nothing_lost(&what, &findings, commands.len());
 }
 
 #[test]

@@ -10,9 +10,11 @@
 //! - [`handler`]: one database transaction per batch of commands;
 //! - [`kafka`]: client settings and contexts;
 //! - [`pipeline`]: the consumer loops and the producer thread (delivery guarantee);
-//! - [`app`]: wiring and shutdown.
+//! - [`app`]: wiring and shutdown;
+//! - [`check`]: the `check` command's report.
 
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod handler;
 pub mod kafka;

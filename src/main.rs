@@ -1,11 +1,45 @@
-use open_bank_command_handler::{app, config::Config};
+use open_bank_command_handler::{app, check, config::Config};
+
+const USAGE: &str = "\
+command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
+ConfirmMoneyTransfer commands from Kafka, applies them exactly once in PostgreSQL,
+and answers on Kafka. Configured by environment variables (see README.md):
+KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DATABASE_URL or DB_HOSTNAME/DB_PORT/DB_PASSWORD,
+KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, RDKAFKA_*, RUST_LOG, ...
+
+usage:
+  command-handler             run until SIGTERM or SIGINT
+  command-handler check       validate the configuration, reach every dependency,
+                              print a report; exit 0 when all were reached
+  command-handler --help      this text
+  command-handler --version   the version
+";
 
 fn main() {
+    let argument = std::env::args().nth(1);
+    match argument.as_deref() {
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
+            return;
+        }
+        Some("--version" | "-V") => {
+            println!("command-handler {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        None | Some("check") => {}
+        Some(other) => {
+            eprint!("command-handler: unknown argument {other}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     env_logger::Builder::new()
         .parse_filters("warn,open_bank_command_handler=info")
         .parse_default_env()
         .init();
     let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e.to_string()));
+    if argument.is_some() {
+        std::process::exit(if check::check(&config) { 0 } else { 1 });
+    }
     if let Err(why) = app::run(config) {
         app::exit_with(&why);
     }

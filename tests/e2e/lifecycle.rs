@@ -260,3 +260,65 @@ fn mutual_tls_to_kafka_with_secrets_kept_out_of_the_logs() {
         .execute(&mut admin)
         .unwrap();
 }
+
+#[test]
+fn check_reaches_every_dependency_and_exits_by_the_verdict() {
+    let env = TestEnv::new("check");
+    let check = |overrides: &[(&str, &str)]| {
+        let mut vars = env.handler_env();
+        for (key, value) in overrides {
+            vars.retain(|(k, _)| k != key);
+            vars.push((key.to_string(), value.to_string()));
+        }
+        let output = Command::new(Handler::binary())
+            .env_clear()
+            .envs(vars)
+            .arg("check")
+            .output()
+            .unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+
+    let (status, report) = check(&[]);
+    assert!(status.success(), "{report}");
+    for line in [
+        "database: ok (reached; 2 migrations to apply at start-up)",
+        "schema registry: ok (reached;",
+        "kafka: ok (reached; 1 brokers; all six topics exist)",
+    ] {
+        assert!(report.contains(line), "{line:?} not in:\n{report}");
+    }
+
+    let stack = Stack::get();
+    let password = "Wrong-pw-kept-out-7788";
+    let url = format!(
+        "postgres://clojure_ch:{password}@{}:{}/{}",
+        stack.db_host, stack.db_port, env.database
+    );
+    let (status, report) = check(&[("DATABASE_URL", &url), ("KAFKA_BC_TOPIC", "nowhere")]);
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert!(report.contains("database: FAILED"), "{report}");
+    assert!(report.contains("topics not there yet: nowhere"), "{report}");
+    assert!(!report.contains(password), "{report}");
+
+    let version = Command::new(Handler::binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("command-handler {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = Command::new(Handler::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success()
+            && String::from_utf8_lossy(&help.stdout).contains("command-handler check")
+    );
+}

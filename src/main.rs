@@ -5,7 +5,7 @@ command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
 ConfirmMoneyTransfer commands from Kafka, applies them exactly once in PostgreSQL,
 and answers on Kafka. Configured by environment variables (see README.md):
 KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DATABASE_URL or DB_HOSTNAME/DB_PORT/DB_PASSWORD,
-KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, RDKAFKA_*, RUST_LOG, ...
+KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, RDKAFKA_*, RUST_LOG, LOG_FORMAT, ...
 
 usage:
   command-handler             run until SIGTERM or SIGINT
@@ -32,10 +32,7 @@ fn main() {
             std::process::exit(2);
         }
     }
-    env_logger::Builder::new()
-        .parse_filters("warn,open_bank_command_handler=info")
-        .parse_default_env()
-        .init();
+    app::init_logging();
     let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e.to_string()));
     if argument.is_some() {
         std::process::exit(if check::check(&config) { 0 } else { 1 });

@@ -322,3 +322,42 @@ fn check_reaches_every_dependency_and_exits_by_the_verdict() {
             && String::from_utf8_lossy(&help.stdout).contains("command-handler check")
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_naming_the_record() {
+    let mut env = TestEnv::new("json_logs");
+    let handler = env.start_handler(&[("LOG_FORMAT", "json"), ("RUST_LOG", "debug")]);
+    let (iban, _) = env.open_account();
+    let deposit = TransferCmd::new("", 10, "cash", &iban);
+    assert_eq!(env.transfer(&deposit), None);
+    env.handler(handler).signal("TERM");
+    assert!(
+        env.handler(handler)
+            .wait_exit(Duration::from_secs(30))
+            .success()
+    );
+
+    let log = env.handler(handler).log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["time"].is_string() && l["level"].is_string() && l["message"].is_string())
+    );
+    // The line about the transfer names its topic, partition, offset and command id.
+    let about = lines
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .find(|m| m.contains(&deposit.id.to_string()))
+        .expect("a line about the transfer");
+    assert!(
+        about.starts_with(&format!("{}/", env.topics.cmt)) && about.contains('@'),
+        "{about}"
+    );
+    assert!(lines.iter().any(|l| l["message"] == "stopped cleanly"));
+}

@@ -50,15 +50,7 @@ fn create_topics(config: &Config) {
         .set("bootstrap.servers", &config.kafka_brokers)
         .create()
         .expect("admin client");
-    let t = &config.topics;
-    let names = [
-        &t.account_creation_commands,
-        &t.account_creation_feedback,
-        &t.money_transfer_commands,
-        &t.money_transfer_feedback,
-        &t.balance_changed,
-        &t.dead_letter,
-    ];
+    let names = config.topics.all();
     let topics: Vec<NewTopic> = names
         .iter()
         .map(|n| NewTopic::new(n, 9, TopicReplication::Fixed(1)))

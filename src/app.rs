@@ -14,7 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::kafka;
-use crate::pipeline::{CommandLoop, CommandTopic, run_producer};
+use crate::pipeline::{CommandLoop, CommandTopic, Destinations, run_producer};
 use crate::records::{AnswerEncoder, CommandDecoder, limit_datum_allocations, registry_settings};
 use crate::storage;
 
@@ -79,6 +79,7 @@ pub fn run(config: Config) -> Result<(), String> {
             decoder: CommandDecoder::new(registry.clone()),
             database: database.clone(),
             topics: config.topics.clone(),
+            destinations: Destinations::from(&config.topics),
             publish: publish.clone(),
             shutdown: Arc::clone(&shutdown),
             batch_size: config.batch_size,

@@ -84,24 +84,18 @@ fn kafka(config: &Config) -> Line {
                 .map_err(|e| e.to_string())
         })
         .map(|metadata| {
-            let t = &config.topics;
-            let missing: Vec<&str> = [
-                &t.account_creation_commands,
-                &t.account_creation_feedback,
-                &t.money_transfer_commands,
-                &t.money_transfer_feedback,
-                &t.balance_changed,
-                &t.dead_letter,
-            ]
-            .into_iter()
-            .filter(|topic| {
-                !metadata
-                    .topics()
-                    .iter()
-                    .any(|m| m.name() == topic.as_str() && m.error().is_none())
-            })
-            .map(String::as_str)
-            .collect();
+            let missing: Vec<&str> = config
+                .topics
+                .all()
+                .into_iter()
+                .filter(|topic| {
+                    !metadata
+                        .topics()
+                        .iter()
+                        .any(|m| m.name() == topic.as_str() && m.error().is_none())
+                })
+                .map(String::as_str)
+                .collect();
             let brokers = metadata.brokers().len();
             if missing.is_empty() {
                 format!("reached; {brokers} brokers; all six topics exist")

@@ -42,6 +42,20 @@ pub struct Topics {
     pub dead_letter: String,
 }
 
+impl Topics {
+    /// Every topic the handler reads or writes.
+    pub fn all(&self) -> [&String; 6] {
+        [
+            &self.account_creation_commands,
+            &self.account_creation_feedback,
+            &self.money_transfer_commands,
+            &self.money_transfer_feedback,
+            &self.balance_changed,
+            &self.dead_letter,
+        ]
+    }
+}
+
 /// PEM files for mutual TLS to the brokers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {

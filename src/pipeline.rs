@@ -50,7 +50,8 @@ pub enum CommandTopic {
 /// A record for the producer thread to publish.
 #[derive(Clone, Debug)]
 pub struct Outbound {
-    pub topic: String,
+    /// Shared: the same few topic names go on every record.
+    pub topic: Arc<str>,
     /// None only for a dead letter of a record that had no key.
     pub key: Option<Vec<u8>>,
     pub body: OutboundBody,
@@ -204,6 +205,32 @@ impl Backoff {
     }
 }
 
+/// Where a loop's records go, named once rather than copied into every record.
+pub struct Destinations {
+    pub account_creation_feedback: Arc<str>,
+    pub money_transfer_feedback: Arc<str>,
+    pub balance_changed: Arc<str>,
+    pub dead_letter: Arc<str>,
+}
+
+impl From<&Topics> for Destinations {
+    fn from(topics: &Topics) -> Self {
+        Destinations {
+            account_creation_feedback: topics.account_creation_feedback.as_str().into(),
+            money_transfer_feedback: topics.money_transfer_feedback.as_str().into(),
+            balance_changed: topics.balance_changed.as_str().into(),
+            dead_letter: topics.dead_letter.as_str().into(),
+        }
+    }
+}
+
+/// A record of the batch in the database's answers, by command id, or its dead letter.
+enum Slot {
+    Account(Uuid),
+    Transfer(Uuid),
+    DeadLetter(String),
+}
+
 /// What became of one record of a batch before the database.
 enum Intake {
     Account(AccountCreationCommand),
@@ -217,6 +244,7 @@ pub struct CommandLoop {
     pub decoder: CommandDecoder,
     pub database: Database,
     pub topics: Topics,
+    pub destinations: Destinations,
     pub publish: mpsc::Sender<PublishRequest>,
     pub shutdown: Arc<AtomicBool>,
     pub batch_size: usize,
@@ -364,24 +392,22 @@ impl CommandLoop {
         batch: &[OwnedMessage],
         intake: Vec<Intake>,
     ) -> Option<(Vec<Outbound>, Vec<Uuid>)> {
-        let accounts: Vec<AccountCreationCommand> = intake
-            .iter()
-            .filter_map(|i| {
-                if let Intake::Account(c) = i {
-                    Some(c.clone())
-                } else {
-                    None
+        // The commands move into the database's batches; the slots keep record order.
+        let (mut accounts, mut transfers) = (Vec::new(), Vec::new());
+        let slots: Vec<Slot> = intake
+            .into_iter()
+            .map(|intake| match intake {
+                Intake::Account(command) => {
+                    let id = command.id;
+                    accounts.push(command);
+                    Slot::Account(id)
                 }
-            })
-            .collect();
-        let transfers: Vec<TransferCommand> = intake
-            .iter()
-            .filter_map(|i| {
-                if let Intake::Transfer(c) = i {
-                    Some(c.clone())
-                } else {
-                    None
+                Intake::Transfer(command) => {
+                    let id = command.id;
+                    transfers.push(command);
+                    Slot::Transfer(id)
                 }
+                Intake::DeadLetter(reason) => Slot::DeadLetter(reason),
             })
             .collect();
 
@@ -413,10 +439,10 @@ impl CommandLoop {
 
         let mut outbound = Vec::with_capacity(batch.len() * 2);
         let mut with_events = Vec::new();
-        for (message, intake) in batch.iter().zip(intake) {
+        for (message, slot) in batch.iter().zip(slots) {
             let key = message.key().map(<[u8]>::to_vec);
-            match intake {
-                Intake::DeadLetter(reason) => {
+            match slot {
+                Slot::DeadLetter(reason) => {
                     warn!(
                         "dead-lettering {}/{}@{}: {reason}",
                         message.topic(),
@@ -425,41 +451,39 @@ impl CommandLoop {
                     );
                     outbound.push(self.dead_letter(message, &reason));
                 }
-                Intake::Account(command) => {
+                Slot::Account(id) => {
                     let answer = account_answers.next().expect("one answer per command");
                     debug!(
-                        "{}/{}@{} account creation {}: {answer:?}",
+                        "{}/{}@{} account creation {id}: {answer:?}",
                         message.topic(),
                         message.partition(),
                         message.offset(),
-                        command.id
                     );
                     outbound.push(Outbound {
-                        topic: self.topics.account_creation_feedback.clone(),
+                        topic: Arc::clone(&self.destinations.account_creation_feedback),
                         key,
-                        body: OutboundBody::Record(account_record(command.id, answer)),
+                        body: OutboundBody::Record(account_record(id, answer)),
                     });
                 }
-                Intake::Transfer(command) => {
+                Slot::Transfer(id) => {
                     let answer = transfer_answers.next().expect("one answer per command");
                     debug!(
-                        "{}/{}@{} transfer {}: {answer:?}",
+                        "{}/{}@{} transfer {id}: {answer:?}",
                         message.topic(),
                         message.partition(),
                         message.offset(),
-                        command.id
                     );
                     outbound.push(Outbound {
-                        topic: self.topics.money_transfer_feedback.clone(),
+                        topic: Arc::clone(&self.destinations.money_transfer_feedback),
                         key,
-                        body: OutboundBody::Record(transfer_record(command.id, answer.failure)),
+                        body: OutboundBody::Record(transfer_record(id, answer.failure)),
                     });
                     if !answer.balance_changes.is_empty() {
-                        with_events.push(command.id);
+                        with_events.push(id);
                     }
                     for change in answer.balance_changes {
                         outbound.push(Outbound {
-                            topic: self.topics.balance_changed.clone(),
+                            topic: Arc::clone(&self.destinations.balance_changed),
                             key: Some(change.iban.clone().into_bytes()),
                             body: OutboundBody::Record(OutputRecord::BalanceChanged(change)),
                         });
@@ -509,7 +533,7 @@ impl CommandLoop {
                 value: Some(reason),
             });
         Outbound {
-            topic: self.topics.dead_letter.clone(),
+            topic: Arc::clone(&self.destinations.dead_letter),
             key: message.key().map(<[u8]>::to_vec),
             body: OutboundBody::DeadLetter {
                 value: message.payload().map(<[u8]>::to_vec),

@@ -947,6 +947,13 @@ impl Handler {
         }
     }
 
+    /// SIGTERM, then fails the test unless the handler exits 0 within 30 s.
+    pub fn stop_cleanly(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert!(status.success(), "SIGTERM: exit status {status}");
+    }
+
     /// Waits until the handler logged `text`, or fails the test.
     pub fn wait_for_log(&mut self, text: &str) {
         let deadline = Instant::now() + WAIT;

@@ -22,9 +22,7 @@ fn sigterm_finishes_commits_and_exits_zero() {
     env.flush();
     env.await_answers(&early.iter().map(|c| c.id).collect::<Vec<_>>());
 
-    env.handler(first).signal("TERM");
-    let status = env.handler(first).wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "exit status {status}");
+    env.handler(first).stop_cleanly();
     assert!(env.handler(first).log().contains("stopped cleanly"));
 
     // The same group resumes after the committed offsets: the new command is answered,
@@ -224,12 +222,7 @@ fn mutual_tls_to_kafka_with_secrets_kept_out_of_the_logs() {
     );
     assert_eq!(env.amount(&iban), Some(400));
 
-    env.handler(handler).signal("TERM");
-    assert!(
-        env.handler(handler)
-            .wait_exit(Duration::from_secs(30))
-            .success()
-    );
+    env.handler(handler).stop_cleanly();
     let log = env.handler(handler).log();
     assert!(log.contains("TLS on"), "the handler says it uses TLS");
     for secret in [db_password, tls.key_password.as_str()] {
@@ -330,12 +323,7 @@ fn json_logs_are_one_object_per_line_naming_the_record() {
     let (iban, _) = env.open_account();
     let deposit = TransferCmd::new("", 10, "cash", &iban);
     assert_eq!(env.transfer(&deposit), None);
-    env.handler(handler).signal("TERM");
-    assert!(
-        env.handler(handler)
-            .wait_exit(Duration::from_secs(30))
-            .success()
-    );
+    env.handler(handler).stop_cleanly();
 
     let log = env.handler(handler).log();
     let lines: Vec<serde_json::Value> = log

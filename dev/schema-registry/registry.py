@@ -15,11 +15,20 @@ and references) gets the same id under every subject. With --data FILE the
 state is rewritten atomically after every change and reloaded at start, so the
 process can be killed and restarted without losing ids.
 
+With --auth-port PORT --basic-auth-file FILE the same process (same state) also
+serves on a second port where every request needs HTTP Basic credentials equal
+to the one line `user:password` in FILE (a file, so the secret is not in `ps`);
+otherwise it answers 401 {"error_code": 401, "message": "Unauthorized"}, as
+Confluent's basic auth does. The --port server stays open.
+
 Usage: registry.py [--host 127.0.0.1] [--port 8081] [--data FILE] [--verbose]
+                   [--auth-port PORT --basic-auth-file FILE]
 Python 3 standard library only.
 """
 
 import argparse
+import base64
+import hmac
 import json
 import os
 import sys
@@ -248,18 +257,32 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "dev-schema-registry-stand-in"
     registry = None  # set in main()
     verbose = False
+    credentials = None  # b"user:password": HTTP Basic required (the --auth-port server)
 
     def log_message(self, fmt, *args):
         if self.verbose:
             sys.stderr.write("%s %s\n" % (self.log_date_time_string(), fmt % args))
 
-    def _send(self, status, payload):
+    def _send(self, status, payload, headers=()):
         body = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
         self.send_response(status)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _authorized(self):
+        if self.credentials is None:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except ValueError:  # binascii.Error: not base64
+            return False
+        # constant time: a mismatch must not tell how many leading bytes were right
+        return hmac.compare_digest(given, self.credentials) and scheme.lower() == "basic"
 
     def _body(self):
         if not self.raw_body:
@@ -321,6 +344,10 @@ class Handler(BaseHTTPRequestHandler):
         # always drain the body, or the next request on this connection breaks
         n = int(self.headers.get("Content-Length") or 0)
         self.raw_body = self.rfile.read(n) if n else b""
+        if not self._authorized():
+            self._send(401, {"error_code": 401, "message": "Unauthorized"},
+                       [("WWW-Authenticate", 'Basic realm="schema-registry"')])
+            return
         try:
             self._send(200, self._dispatch(method))
         except ApiError as e:
@@ -347,20 +374,41 @@ def main():
     ap.add_argument("--port", type=int, default=8081)
     ap.add_argument("--data", help="persist state to this JSON file")
     ap.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    ap.add_argument("--auth-port", type=int,
+                    help="also serve here, requiring the HTTP Basic credentials of --basic-auth-file")
+    ap.add_argument("--basic-auth-file", help="file holding one line user:password")
     args = ap.parse_args()
+    if (args.auth_port is None) != (args.basic_auth_file is None):
+        ap.error("--auth-port and --basic-auth-file go together")
+    credentials = None
+    if args.basic_auth_file:
+        with open(args.basic_auth_file, encoding="utf-8") as f:
+            credentials = f.read().strip().encode()
+        if b":" not in credentials:
+            ap.error("--basic-auth-file must hold user:password")
 
     Handler.registry = Registry(args.data)
     Handler.verbose = args.verbose
     ThreadingHTTPServer.request_queue_size = 128  # default 5 drops connections under load
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    server.daemon_threads = True
+    servers = [ThreadingHTTPServer((args.host, args.port), Handler)]
+    if credentials:
+        # same Registry (class attribute inherited), only the credential check differs
+        auth_handler = type("AuthHandler", (Handler,), {"credentials": credentials})
+        servers.append(ThreadingHTTPServer((args.host, args.auth_port), auth_handler))
+    for server in servers:
+        server.daemon_threads = True
+    ports = f"http://{args.host}:{servers[0].server_port}"
+    if credentials:
+        ports += f" and, with basic auth, http://{args.host}:{servers[1].server_port}"
     sys.stderr.write(
-        f"schema-registry stand-in listening on http://{args.host}:{server.server_port} "
+        f"schema-registry stand-in listening on {ports} "
         f"(dev/test-only stand-in; production uses Confluent Schema Registry; "
         f"data={args.data or 'in-memory'}, {len(Handler.registry.schemas)} schemas loaded)\n")
     sys.stderr.flush()
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        server.serve_forever()
+        servers[0].serve_forever()
     except KeyboardInterrupt:
         pass
 

@@ -5,7 +5,7 @@
 //! thread then flushes and the consumers' last offsets are committed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -13,9 +13,13 @@ use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
+use crate::http;
 use crate::kafka;
+use crate::metrics::Metrics;
 use crate::pipeline::{CommandLoop, CommandTopic, Destinations, run_producer};
-use crate::records::{AnswerEncoder, CommandDecoder, limit_datum_allocations, registry_settings};
+use crate::records::{
+    AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
+};
 use crate::storage;
 
 /// Runs the handler until a signal (Ok) or a failure it cannot recover from (Err).
@@ -28,11 +32,11 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     info!(
-        "starting: brokers {}, topics {:?}, group {}, TLS {}, batch size {}",
+        "starting: brokers {}, topics {:?}, group {}, security {}, batch size {}",
         config.kafka_brokers,
         config.topics,
         config.client_id,
-        if config.tls.is_some() { "on" } else { "off" },
+        config.kafka_security(),
         config.batch_size
     );
 
@@ -48,31 +52,70 @@ pub fn run(config: Config) -> Result<(), String> {
         );
     }
     let database = storage::Database::new(config.database_url.expose(), config.db_pool_size);
+    let registry_with_timeout = |timeout| {
+        registry_settings(
+            config.schema_registry_url.expose(),
+            config.registry_credentials.as_ref(),
+            timeout,
+        )
+        .map_err(|e| format!("invalid configuration: SCHEMA_REGISTRY_URL: {e}"))
+    };
+    let registry = registry_with_timeout(REGISTRY_TIMEOUT)?;
+    let metrics = Arc::new(Metrics::new());
+
+    // Served from the start, so that liveness answers while start-up waits for the
+    // database; a port in use stops start-up.
+    let mut http_thread = None;
+    let mut http_dependencies = None;
+    if let Some(address) = config.http_address {
+        let server = http::bind(address)?;
+        let dependencies = Arc::new(http::Dependencies {
+            database: database.clone(),
+            registry: registry_with_timeout(http::PROBE_TIMEOUT)?,
+            metrics: Arc::clone(&metrics),
+            shutdown: Arc::clone(&shutdown),
+            clients: OnceLock::new(),
+        });
+        http_dependencies = Some(Arc::clone(&dependencies));
+        let thread = thread::Builder::new()
+            .name("http".into())
+            .spawn(move || http::serve(server, dependencies))
+            .map_err(|e| e.to_string())?;
+        http_thread = Some(thread);
+    }
+
     if !migrate(&database, &shutdown)? {
         info!("stopped before the database was ready");
         return Ok(());
     }
 
     limit_datum_allocations();
-    let registry = registry_settings(config.schema_registry_url.expose())
-        .map_err(|e| format!("invalid configuration: SCHEMA_REGISTRY_URL: {e}"))?;
-    let producer = kafka::answer_producer(&config)
-        .map_err(|e| format!("cannot create Kafka producer: {e}"))?;
+    let producer = Arc::new(
+        kafka::answer_producer(&config)
+            .map_err(|e| format!("cannot create Kafka producer: {e}"))?,
+    );
     let (publish, requests) = mpsc::channel();
     let encoder = AnswerEncoder::new(registry.clone());
     let producer_thread = thread::Builder::new()
         .name("producer".into())
-        .spawn(move || run_producer(producer, encoder, requests))
+        .spawn({
+            let producer = Arc::clone(&producer);
+            move || run_producer(producer, encoder, requests)
+        })
         .map_err(|e| e.to_string())?;
 
     let mut consumer_threads = Vec::new();
+    let mut consumers = Vec::new();
     for kind in [CommandTopic::AccountCreation, CommandTopic::MoneyTransfer] {
         let topic = match kind {
             CommandTopic::AccountCreation => &config.topics.account_creation_commands,
             CommandTopic::MoneyTransfer => &config.topics.money_transfer_commands,
         };
-        let consumer = kafka::command_consumer(&config, topic)
-            .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?;
+        let consumer = Arc::new(
+            kafka::command_consumer(&config, topic, Arc::clone(&metrics))
+                .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?,
+        );
+        consumers.push(Arc::clone(&consumer));
         let command_loop = CommandLoop {
             kind,
             consumer,
@@ -83,6 +126,7 @@ pub fn run(config: Config) -> Result<(), String> {
             publish: publish.clone(),
             shutdown: Arc::clone(&shutdown),
             batch_size: config.batch_size,
+            metrics: Arc::clone(&metrics),
         };
         let shutdown = Arc::clone(&shutdown);
         let name = format!("{kind:?}").to_lowercase();
@@ -98,6 +142,14 @@ pub fn run(config: Config) -> Result<(), String> {
         consumer_threads.push(handle);
     }
     drop(publish);
+    if let Some(dependencies) = &http_dependencies {
+        let clients = http::KafkaClients {
+            consumers,
+            producer: Arc::clone(&producer),
+        };
+        // Set once, here; a second set cannot happen.
+        let _ = dependencies.clients.set(clients);
+    }
     info!("running");
 
     let mut failure = None;
@@ -110,6 +162,11 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     if producer_thread.join().is_err() {
         failure.get_or_insert_with(|| "the producer thread panicked".to_string());
+    }
+    // The consumers are done, so the shutdown flag is up and the server stops too.
+    shutdown.store(true, Ordering::Release);
+    if let Some(thread) = http_thread {
+        let _ = thread.join();
     }
     match failure {
         None => {

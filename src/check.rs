@@ -11,7 +11,7 @@ use schema_registry_converter::blocking::schema_registry::get_all_subjects;
 
 use crate::config::Config;
 use crate::kafka;
-use crate::records::registry_settings;
+use crate::records::{REGISTRY_TIMEOUT, registry_settings};
 use crate::storage::{self, MIGRATIONS};
 
 /// One dependency's verdict.
@@ -25,9 +25,9 @@ struct Line {
 pub fn check(config: &Config) -> bool {
     let lines = [database(config), registry(config), kafka(config)];
     println!(
-        "configuration: ok (group {}, TLS {})",
+        "configuration: ok (group {}, security {})",
         config.client_id,
-        if config.tls.is_some() { "on" } else { "off" }
+        config.kafka_security()
     );
     for line in &lines {
         println!(
@@ -63,9 +63,13 @@ fn database(config: &Config) -> Line {
 }
 
 fn registry(config: &Config) -> Line {
-    let verdict = registry_settings(config.schema_registry_url.expose())
-        .and_then(|settings| get_all_subjects(&settings).map_err(|e| e.to_string()))
-        .map(|subjects| format!("reached; {} subjects", subjects.len()));
+    let verdict = registry_settings(
+        config.schema_registry_url.expose(),
+        config.registry_credentials.as_ref(),
+        REGISTRY_TIMEOUT,
+    )
+    .and_then(|settings| get_all_subjects(&settings).map_err(|e| e.to_string()))
+    .map(|subjects| format!("reached; {} subjects", subjects.len()));
     Line {
         what: "schema registry",
         ok: verdict.is_ok(),

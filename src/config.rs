@@ -56,13 +56,55 @@ impl Topics {
     }
 }
 
-/// PEM files for mutual TLS to the brokers.
+/// TLS to the brokers (PEM files): the brokers' certificate is checked against
+/// `ca_location` (the system's trust store when unset), and a client certificate is
+/// shown when one is configured (mutual TLS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
-    pub ca_location: PathBuf,
+    pub ca_location: Option<PathBuf>,
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
     pub certificate_location: PathBuf,
     pub key_location: PathBuf,
+    /// Empty for an unencrypted key.
     pub key_password: Secret,
+}
+
+/// The SASL mechanisms of managed Kafka services; all of them go over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka and the brokers use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A SASL login to the brokers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SaslLogin {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+/// HTTP basic authentication to the Schema Registry (an API key and its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub key: String,
+    pub secret: Secret,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +118,11 @@ pub struct Config {
     /// Client id, and also the consumer group id (as the JVM handler did).
     pub client_id: String,
     pub tls: Option<TlsFiles>,
+    /// SASL over TLS; with it the clients always encrypt.
+    pub sasl: Option<SaslLogin>,
+    pub registry_credentials: Option<RegistryCredentials>,
+    /// Where health and metrics are served over HTTP; None: not served.
+    pub http_address: Option<std::net::SocketAddr>,
     /// Any other librdkafka property, from `RDKAFKA_*` variables (values may be secrets).
     pub kafka_properties: Vec<KafkaProperty>,
     /// Most commands applied in one database transaction.
@@ -183,6 +230,9 @@ impl Config {
             topics,
             client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
             tls: vars.tls()?,
+            sasl: vars.sasl()?,
+            registry_credentials: vars.registry_credentials()?,
+            http_address: vars.http_address()?,
             kafka_properties: kafka_properties(&all)?,
             batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
             // 0: a batch's records are handed to the producer together and the consumer waits
@@ -190,6 +240,24 @@ impl Config {
             producer_linger_ms: vars.number("KAFKA_LINGER_MS", 0, 0, 60_000)? as u32,
             db_pool_size: vars.number("DB_POOL_SIZE", 4, 2, 100)? as u32,
         })
+    }
+}
+
+impl Config {
+    /// How the clients reach the brokers, for logs and the `check` report.
+    pub fn kafka_security(&self) -> String {
+        let tls = match &self.tls {
+            Some(TlsFiles {
+                client_certificate: Some(_),
+                ..
+            }) => "mutual TLS",
+            _ if self.sasl.is_some() || self.tls.is_some() => "TLS",
+            _ => "plaintext",
+        };
+        match &self.sasl {
+            Some(login) => format!("SASL {} over {tls}", login.mechanism.name()),
+            None => tls.to_string(),
+        }
     }
 }
 
@@ -275,57 +343,134 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         )))
     }
 
+    /// `KAFKA_SSL_CA_LOCATION` alone: TLS with the brokers' certificate checked; with
+    /// `KAFKA_SSL_CERT_LOCATION` and `KAFKA_SSL_KEY_LOCATION` too: mutual TLS, the key
+    /// decrypted with `KAFKA_SSL_KEY_PASSWORD` (set-but-empty, or unset, when it is not
+    /// encrypted). A certificate without its key, or the reverse, is an error.
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
-        const NAMES: [&str; 4] = [
-            "KAFKA_SSL_CA_LOCATION",
-            "KAFKA_SSL_CERT_LOCATION",
-            "KAFKA_SSL_KEY_LOCATION",
-            "KAFKA_SSL_KEY_PASSWORD",
-        ];
-        // An unencrypted key has an empty password: set-but-empty counts as given there.
-        let values: Vec<Option<String>> = NAMES
-            .iter()
-            .map(|name| {
-                if *name == "KAFKA_SSL_KEY_PASSWORD" {
-                    (self.0)(name)
-                } else {
-                    self.get(name)
-                }
-            })
-            .collect();
-        if values[..3].iter().all(Option::is_none)
-            && values[3].as_deref().unwrap_or_default().is_empty()
-        {
-            return Ok(None);
-        }
-        if let Some(missing) = NAMES
-            .iter()
-            .zip(&values)
-            .find(|(_, v)| v.is_none())
-            .map(|(n, _)| *n)
-        {
-            return Err(ConfigError {
-                variable: missing.into(),
-                problem: "mutual TLS needs all four KAFKA_SSL_* variables; this one is missing"
-                    .into(),
-            });
-        }
-        let file = |index: usize| -> Result<PathBuf, ConfigError> {
-            let path = PathBuf::from(values[index].clone().unwrap_or_default());
+        let file = |name: &'static str| -> Result<Option<PathBuf>, ConfigError> {
+            let Some(value) = self.get(name) else {
+                return Ok(None);
+            };
+            let path = PathBuf::from(value);
             if !path.is_file() {
                 return Err(ConfigError {
-                    variable: NAMES[index].into(),
+                    variable: name.into(),
                     problem: format!("{} is not a readable file", path.display()),
                 });
             }
-            Ok(path)
+            Ok(Some(path))
         };
+        let ca_location = file("KAFKA_SSL_CA_LOCATION")?;
+        let certificate = file("KAFKA_SSL_CERT_LOCATION")?;
+        let key = file("KAFKA_SSL_KEY_LOCATION")?;
+        let key_password = self.get("KAFKA_SSL_KEY_PASSWORD");
+        let client_certificate = match (certificate, key) {
+            (Some(certificate_location), Some(key_location)) => Some(ClientCertificate {
+                certificate_location,
+                key_location,
+                key_password: Secret(key_password.unwrap_or_default()),
+            }),
+            (Some(_), None) => {
+                return Err(missing("KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_CERT_LOCATION"));
+            }
+            (None, Some(_)) => {
+                return Err(missing("KAFKA_SSL_CERT_LOCATION", "KAFKA_SSL_KEY_LOCATION"));
+            }
+            (None, None) if key_password.is_some() => {
+                return Err(missing("KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_KEY_PASSWORD"));
+            }
+            (None, None) => None,
+        };
+        if ca_location.is_none() && client_certificate.is_none() {
+            return Ok(None);
+        }
         Ok(Some(TlsFiles {
-            ca_location: file(0)?,
-            certificate_location: file(1)?,
-            key_location: file(2)?,
-            key_password: Secret(values[3].clone().unwrap_or_default()),
+            ca_location,
+            client_certificate,
         }))
+    }
+
+    fn sasl(&self) -> Result<Option<SaslLogin>, ConfigError> {
+        let username = self.get("KAFKA_SASL_USERNAME");
+        let password = self.get("KAFKA_SASL_PASSWORD");
+        let Some(mechanism) = self.get("KAFKA_SASL_MECHANISM") else {
+            return match (&username, &password) {
+                (None, None) => Ok(None),
+                (Some(_), _) => Err(missing("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME")),
+                (None, Some(_)) => Err(missing("KAFKA_SASL_MECHANISM", "KAFKA_SASL_PASSWORD")),
+            };
+        };
+        let mechanism = match mechanism.to_ascii_uppercase().as_str() {
+            "PLAIN" => SaslMechanism::Plain,
+            "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+            "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+            _ => {
+                return Err(ConfigError {
+                    variable: "KAFKA_SASL_MECHANISM".into(),
+                    problem: "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512".into(),
+                });
+            }
+        };
+        Ok(Some(SaslLogin {
+            mechanism,
+            username: username
+                .ok_or_else(|| missing("KAFKA_SASL_USERNAME", "KAFKA_SASL_MECHANISM"))?,
+            password: Secret(
+                password.ok_or_else(|| missing("KAFKA_SASL_PASSWORD", "KAFKA_SASL_MECHANISM"))?,
+            ),
+        }))
+    }
+
+    fn registry_credentials(&self) -> Result<Option<RegistryCredentials>, ConfigError> {
+        match (
+            self.get("SCHEMA_REGISTRY_API_KEY"),
+            self.get("SCHEMA_REGISTRY_API_SECRET"),
+        ) {
+            (None, None) => Ok(None),
+            (Some(key), Some(secret)) => Ok(Some(RegistryCredentials {
+                key,
+                secret: Secret(secret),
+            })),
+            (Some(_), None) => Err(missing(
+                "SCHEMA_REGISTRY_API_SECRET",
+                "SCHEMA_REGISTRY_API_KEY",
+            )),
+            (None, Some(_)) => Err(missing(
+                "SCHEMA_REGISTRY_API_KEY",
+                "SCHEMA_REGISTRY_API_SECRET",
+            )),
+        }
+    }
+
+    /// `HTTP_PORT` turns the health and metrics endpoints on (0: any free port, logged
+    /// at start); `HTTP_BIND_ADDRESS` (default 0.0.0.0, as containers need) narrows it.
+    fn http_address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let bind = self.get("HTTP_BIND_ADDRESS");
+        if self.get("HTTP_PORT").is_none() {
+            return match bind {
+                None => Ok(None),
+                Some(_) => Err(missing("HTTP_PORT", "HTTP_BIND_ADDRESS")),
+            };
+        }
+        let port = self.number("HTTP_PORT", 0, 0, 65_535)? as u16;
+        let ip: std::net::IpAddr =
+            bind.as_deref()
+                .unwrap_or("0.0.0.0")
+                .parse()
+                .map_err(|_| ConfigError {
+                    variable: "HTTP_BIND_ADDRESS".into(),
+                    problem: "must be an IP address, such as 0.0.0.0 or 127.0.0.1".into(),
+                })?;
+        Ok(Some(std::net::SocketAddr::new(ip, port)))
+    }
+}
+
+/// `variable` is needed because `because` is set.
+fn missing(variable: &str, because: &str) -> ConfigError {
+    ConfigError {
+        variable: variable.into(),
+        problem: format!("must be set too, since {because} is set"),
     }
 }
 
@@ -453,8 +598,28 @@ mod tests {
             ),
             (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (
-                &[("KAFKA_SSL_CA_LOCATION", "/tmp/ca.pem")],
-                "KAFKA_SSL_CERT_LOCATION",
+                &[("KAFKA_SSL_CERT_LOCATION", "/etc/hostname")],
+                "KAFKA_SSL_KEY_LOCATION",
+            ),
+            (
+                &[("KAFKA_SSL_KEY_PASSWORD", "pw")],
+                "KAFKA_SSL_KEY_LOCATION",
+            ),
+            (
+                &[("KAFKA_SASL_MECHANISM", "GSSAPI")],
+                "KAFKA_SASL_MECHANISM",
+            ),
+            (&[("KAFKA_SASL_MECHANISM", "PLAIN")], "KAFKA_SASL_USERNAME"),
+            (&[("KAFKA_SASL_USERNAME", "me")], "KAFKA_SASL_MECHANISM"),
+            (
+                &[("SCHEMA_REGISTRY_API_KEY", "key")],
+                "SCHEMA_REGISTRY_API_SECRET",
+            ),
+            (&[("HTTP_PORT", "http")], "HTTP_PORT"),
+            (&[("HTTP_BIND_ADDRESS", "127.0.0.1")], "HTTP_PORT"),
+            (
+                &[("HTTP_PORT", "8080"), ("HTTP_BIND_ADDRESS", "localhost")],
+                "HTTP_BIND_ADDRESS",
             ),
             (&[("COMMAND_BATCH_SIZE", "0")], "COMMAND_BATCH_SIZE"),
             (
@@ -483,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unencrypted_tls_key_has_an_empty_password() {
+    fn tls_is_mutual_with_a_client_certificate_and_key() {
         let file = "/etc/hostname";
         let config = parse(&[
             ("KAFKA_SSL_CA_LOCATION", file),
@@ -492,8 +657,52 @@ mod tests {
             ("KAFKA_SSL_KEY_PASSWORD", ""),
         ])
         .unwrap();
-        assert_eq!(config.tls.unwrap().key_password.expose(), "");
+        let tls = config.tls.unwrap();
+        assert_eq!(tls.ca_location.as_deref(), Some(std::path::Path::new(file)));
+        assert_eq!(tls.client_certificate.unwrap().key_password.expose(), "");
         assert_eq!(parse(&[("KAFKA_SSL_KEY_PASSWORD", "")]).unwrap().tls, None);
+        let server_only = parse(&[("KAFKA_SSL_CA_LOCATION", file)])
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(server_only.client_certificate, None);
+    }
+
+    #[test]
+    fn sasl_and_registry_credentials() {
+        let config = parse(&[
+            ("KAFKA_SASL_MECHANISM", "scram-sha-512"),
+            ("KAFKA_SASL_USERNAME", "handler"),
+            ("KAFKA_SASL_PASSWORD", "hunter2"),
+            ("SCHEMA_REGISTRY_API_KEY", "key"),
+            ("SCHEMA_REGISTRY_API_SECRET", "s3cret"),
+        ])
+        .unwrap();
+        let sasl = config.sasl.clone().unwrap();
+        assert_eq!(sasl.mechanism.name(), "SCRAM-SHA-512");
+        assert_eq!(sasl.username, "handler");
+        assert_eq!(sasl.password.expose(), "hunter2");
+        let credentials = config.registry_credentials.clone().unwrap();
+        assert_eq!(
+            (credentials.key.as_str(), credentials.secret.expose()),
+            ("key", "s3cret")
+        );
+        let printed = format!("{config:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn http_is_off_unless_a_port_is_given() {
+        assert_eq!(parse(&[]).unwrap().http_address, None);
+        let everywhere = parse(&[("HTTP_PORT", "8080")]).unwrap().http_address;
+        assert_eq!(everywhere, Some("0.0.0.0:8080".parse().unwrap()));
+        let loopback = parse(&[("HTTP_PORT", "0"), ("HTTP_BIND_ADDRESS", "127.0.0.1")])
+            .unwrap()
+            .http_address;
+        assert_eq!(loopback, Some("127.0.0.1:0".parse().unwrap()));
     }
 
     #[test]

@@ -12,8 +12,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 
 use crate::config::{ClientScope, Config};
+use crate::metrics::Metrics;
 
 /// Sets the `RDKAFKA_*` properties of this scope, after the handler's own settings so
 /// that they win.
@@ -23,47 +25,103 @@ fn pass_through(client: &mut ClientConfig, config: &Config, scope: ClientScope) 
     }
 }
 
-/// Settings shared by the consumers and the producer: brokers, client id and TLS.
+/// Settings shared by the consumers and the producer: brokers, client id, TLS and SASL.
 pub fn client_config(config: &Config) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka_brokers)
         .set("client.id", &config.client_id)
         .set_log_level(RDKafkaLogLevel::Warning);
+    // SASL always goes over TLS: passwords and balances never cross the network in clear.
+    let protocol = match (&config.sasl, &config.tls) {
+        (Some(_), _) => "sasl_ssl",
+        (None, Some(_)) => "ssl",
+        (None, None) => "plaintext",
+    };
+    client.set("security.protocol", protocol);
     if let Some(tls) = &config.tls {
+        if let Some(ca) = &tls.ca_location {
+            client.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let Some(certificate) = &tls.client_certificate {
+            client
+                .set(
+                    "ssl.certificate.location",
+                    certificate.certificate_location.to_string_lossy(),
+                )
+                .set(
+                    "ssl.key.location",
+                    certificate.key_location.to_string_lossy(),
+                );
+            if !certificate.key_password.expose().is_empty() {
+                client.set("ssl.key.password", certificate.key_password.expose());
+            }
+        }
+    }
+    if let Some(login) = &config.sasl {
         client
-            .set("security.protocol", "ssl")
-            .set("ssl.ca.location", tls.ca_location.to_string_lossy())
-            .set(
-                "ssl.certificate.location",
-                tls.certificate_location.to_string_lossy(),
-            )
-            .set("ssl.key.location", tls.key_location.to_string_lossy())
-            .set("ssl.key.password", tls.key_password.expose());
+            .set("sasl.mechanism", login.mechanism.name())
+            .set("sasl.username", &login.username)
+            .set("sasl.password", login.password.expose());
     }
     pass_through(&mut client, config, ClientScope::All);
     client
 }
 
-/// Raises `rebalanced` whenever the assignment changes; the consumer loop acts on it
-/// (it drops what it holds of partitions it no longer owns). Nothing else happens in
-/// the callback, which runs inside `poll`.
-pub struct RebalanceSignal {
+/// What a command consumer's callbacks record. The rebalance callback, which runs inside
+/// `poll`, only raises `rebalanced` (the loop then drops what it holds of partitions it no
+/// longer owns) and notes the new assignment for readiness and metrics.
+pub struct ConsumerEvents {
+    topic: String,
     pub rebalanced: AtomicBool,
+    /// The partitions assigned now; None until the group first answered (an instance
+    /// beyond the partition count gets an empty assignment, and is ready all the same).
+    assignment: Mutex<Option<Vec<i32>>>,
+    metrics: Arc<Metrics>,
 }
 
-impl ClientContext for RebalanceSignal {
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!("kafka consumer: {error}: {reason}");
+impl ConsumerEvents {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn assignment(&self) -> Option<Vec<i32>> {
+        self.assignment
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
-impl ConsumerContext for RebalanceSignal {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+impl ClientContext for ConsumerEvents {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!("kafka consumer of {}: {error}: {reason}", self.topic);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.consumer_statistics(&statistics);
+    }
+}
+
+impl ConsumerContext for ConsumerEvents {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => info!("assigned {}", describe_partitions(partitions)),
             Rebalance::Revoke(partitions) => info!("revoked {}", describe_partitions(partitions)),
             Rebalance::Error(error) => warn!("rebalance failed: {error}"),
+        }
+        if let Ok(assigned) = consumer.assignment() {
+            let partitions: Vec<i32> = assigned
+                .elements_for_topic(&self.topic)
+                .iter()
+                .map(|element| element.partition())
+                .collect();
+            self.metrics
+                .partitions_assigned(&self.topic, partitions.len());
+            *self
+                .assignment
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(partitions);
         }
         self.rebalanced.store(true, Ordering::Release);
     }
@@ -82,12 +140,16 @@ fn describe_partitions(list: &rdkafka::TopicPartitionList) -> String {
     }
 }
 
-pub type CommandConsumer = BaseConsumer<RebalanceSignal>;
+pub type CommandConsumer = BaseConsumer<ConsumerEvents>;
 
 /// A consumer of one command topic. Offsets are stored by the loop only once the
 /// answers of a record are acknowledged (`enable.auto.offset.store=false`); stored
 /// offsets are committed in the background and on shutdown.
-pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandConsumer> {
+pub fn command_consumer(
+    config: &Config,
+    topic: &str,
+    metrics: Arc<Metrics>,
+) -> KafkaResult<CommandConsumer> {
     let mut settings = client_config(config);
     settings
         .set("group.id", &config.client_id)
@@ -103,10 +165,15 @@ pub fn command_consumer(config: &Config, topic: &str) -> KafkaResult<CommandCons
         // full queue stalls the partition for a second.
         .set("queued.max.messages.kbytes", "4096")
         .set("queued.min.messages", "1000")
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // Statistics feed the consumer lag metric.
+        .set("statistics.interval.ms", "5000");
     pass_through(&mut settings, config, ClientScope::Consumers);
-    let consumer: CommandConsumer = settings.create_with_context(RebalanceSignal {
+    let consumer: CommandConsumer = settings.create_with_context(ConsumerEvents {
+        topic: topic.to_string(),
         rebalanced: AtomicBool::new(false),
+        assignment: Mutex::new(None),
+        metrics,
     })?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)

@@ -10,6 +10,7 @@
 //! - [`handler`]: one database transaction per batch of commands;
 //! - [`kafka`]: client settings and contexts;
 //! - [`pipeline`]: the consumer loops and the producer thread (delivery guarantee);
+//! - [`metrics`] and [`http`]: Prometheus metrics, health and readiness over HTTP;
 //! - [`app`]: wiring and shutdown;
 //! - [`check`]: the `check` command's report.
 
@@ -17,7 +18,9 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod handler;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod pipeline;
 pub mod records;
 pub mod rules;

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::config::Topics;
 use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
+use crate::metrics::{Metrics, Outcome};
 use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
 use crate::rules::AccountCreationOutcome;
 use crate::storage::{self, Database, RecordPosition};
@@ -87,7 +88,7 @@ impl fmt::Display for Stopped {
 /// The producer thread: encodes and sends every request; Kafka's acknowledgements are
 /// reported straight to the requesting consumer thread by [`BatchDelivery`].
 pub fn run_producer(
-    producer: AnswerProducer,
+    producer: Arc<AnswerProducer>,
     encoder: AnswerEncoder,
     requests: mpsc::Receiver<PublishRequest>,
 ) {
@@ -240,7 +241,8 @@ enum Intake {
 
 pub struct CommandLoop {
     pub kind: CommandTopic,
-    pub consumer: CommandConsumer,
+    /// Shared with the readiness probe, which asks it for the brokers' metadata.
+    pub consumer: Arc<CommandConsumer>,
     pub decoder: CommandDecoder,
     pub database: Database,
     pub topics: Topics,
@@ -248,6 +250,7 @@ pub struct CommandLoop {
     pub publish: mpsc::Sender<PublishRequest>,
     pub shutdown: Arc<AtomicBool>,
     pub batch_size: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 impl CommandLoop {
@@ -256,6 +259,23 @@ impl CommandLoop {
             CommandTopic::AccountCreation => &self.topics.account_creation_commands,
             CommandTopic::MoneyTransfer => &self.topics.money_transfer_commands,
         }
+    }
+
+    /// Counts and logs a failed attempt at `batch` and waits before the next one; false
+    /// when shutdown was requested meanwhile.
+    fn retry(
+        &self,
+        backoff: &mut Backoff,
+        batch: &[OwnedMessage],
+        what: &str,
+        error: &dyn fmt::Display,
+    ) -> bool {
+        self.metrics.batch_retried(self.topic());
+        backoff.wait(
+            &self.shutdown,
+            &format!("{what} of {}", describe_batch(batch)),
+            error,
+        )
     }
 
     /// Runs until shutdown is requested (Ok) or the producer fails for good (Err).
@@ -278,17 +298,20 @@ impl CommandLoop {
             if batch.is_empty() {
                 continue;
             }
+            let polled_at = Instant::now();
             let Some(intake) = self.intake(&batch) else {
                 return Ok(());
             };
             let Some((outbound, with_events)) = self.apply(&batch, intake) else {
                 return Ok(());
             };
-            if !self.publish(outbound)? {
+            if !self.publish(&batch, outbound)? {
                 return Ok(());
             }
             self.forget_published(&with_events);
             self.store_offsets(&batch);
+            self.metrics
+                .processed(self.kind, batch.len(), polled_at.elapsed());
         }
         Ok(())
     }
@@ -345,7 +368,7 @@ impl CommandLoop {
             match unavailable {
                 None => return Some(intake),
                 Some(error) => {
-                    if !backoff.wait(&self.shutdown, "decoding commands", &error) {
+                    if !self.retry(&mut backoff, batch, "decoding commands", &error) {
                         return None;
                     }
                 }
@@ -430,7 +453,12 @@ impl CommandLoop {
             match attempt {
                 Ok(answers) => break answers,
                 Err(error) => {
-                    if !backoff.wait(&self.shutdown, "applying commands to the database", &error) {
+                    if !self.retry(
+                        &mut backoff,
+                        batch,
+                        "applying commands to the database",
+                        &error,
+                    ) {
                         return None;
                     }
                 }
@@ -444,17 +472,26 @@ impl CommandLoop {
             match slot {
                 Slot::DeadLetter(reason) => {
                     warn!(
-                        "dead-lettering {}/{}@{}: {reason}",
+                        "{}/{}@{} command {}: dead-lettered: {reason}",
                         message.topic(),
                         message.partition(),
-                        message.offset()
+                        message.offset(),
+                        printable_key(message.key()),
                     );
+                    self.metrics.dead_lettered(message.topic());
                     outbound.push(self.dead_letter(message, &reason));
                 }
                 Slot::Account(id) => {
                     let answer = account_answers.next().expect("one answer per command");
+                    self.metrics.command_answered(
+                        self.kind,
+                        match answer {
+                            AccountCreationOutcome::Confirmed { .. } => Outcome::Confirmed,
+                            AccountCreationOutcome::Failed { .. } => Outcome::Failed,
+                        },
+                    );
                     debug!(
-                        "{}/{}@{} account creation {id}: {answer:?}",
+                        "{}/{}@{} command {id}: account creation: {answer:?}",
                         message.topic(),
                         message.partition(),
                         message.offset(),
@@ -467,8 +504,15 @@ impl CommandLoop {
                 }
                 Slot::Transfer(id) => {
                     let answer = transfer_answers.next().expect("one answer per command");
+                    self.metrics.command_answered(
+                        self.kind,
+                        match answer.failure {
+                            None => Outcome::Confirmed,
+                            Some(_) => Outcome::Failed,
+                        },
+                    );
                     debug!(
-                        "{}/{}@{} transfer {id}: {answer:?}",
+                        "{}/{}@{} command {id}: money transfer: {answer:?}",
                         message.topic(),
                         message.partition(),
                         message.offset(),
@@ -544,7 +588,7 @@ impl CommandLoop {
 
     /// Publishes and waits for Kafka's acknowledgement of every record, retrying the
     /// batch on failure. Ok(false) when shutdown came before success.
-    fn publish(&self, outbound: Vec<Outbound>) -> Result<bool, Stopped> {
+    fn publish(&self, batch: &[OwnedMessage], outbound: Vec<Outbound>) -> Result<bool, Stopped> {
         let mut records = Arc::new(outbound);
         let mut backoff = Backoff::new();
         loop {
@@ -559,7 +603,7 @@ impl CommandLoop {
                 Some(Ok(())) => return Ok(true),
                 Some(Err(PublishError::Fatal(why))) => return Err(Stopped(why)),
                 Some(Err(error @ PublishError::Retry { .. })) => {
-                    if !backoff.wait(&self.shutdown, "publishing answers", &error) {
+                    if !self.retry(&mut backoff, batch, "publishing answers", &error) {
                         return Ok(false);
                     }
                     // Send again only what Kafka did not acknowledge, in the same order.
@@ -634,6 +678,42 @@ impl CommandLoop {
                 "offsets of {} not stored (partition revoked?): {error}",
                 self.topic()
             );
+        }
+    }
+}
+
+/// Where a batch's records are: `topic/partition@first-last` for each partition.
+fn describe_batch(batch: &[OwnedMessage]) -> String {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for message in batch {
+        let range = ranges
+            .entry(message.partition())
+            .or_insert((message.offset(), message.offset()));
+        range.0 = range.0.min(message.offset());
+        range.1 = range.1.max(message.offset());
+    }
+    let topic = batch.first().map(|m| m.topic()).unwrap_or_default();
+    let parts: Vec<String> = ranges
+        .iter()
+        .map(|(partition, (first, last))| format!("{topic}/{partition}@{first}-{last}"))
+        .collect();
+    parts.join(", ")
+}
+
+/// A record key (by contract the command id) fit for a log line: at most 64
+/// characters, control characters escaped, so a hostile key cannot forge lines.
+fn printable_key(key: Option<&[u8]>) -> String {
+    match key {
+        None | Some([]) => "(no key)".to_string(),
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            let shortened: String = text.chars().take(64).collect();
+            let escaped = shortened.escape_debug().to_string();
+            if text.chars().count() > 64 {
+                format!("{escaped}…")
+            } else {
+                escaped
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -18,6 +19,8 @@ use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SubjectNameStrategy};
 use serde::Deserialize;
+
+use crate::config::RegistryCredentials;
 use uuid::Uuid;
 
 use crate::rules::{AccountType, BalanceChange, Transfer};
@@ -306,13 +309,23 @@ fn registry_refused(error: &SRCError) -> bool {
     registry_status(error).is_some_and(|status| (400..500).contains(&status))
 }
 
-/// Builds the registry client settings; the URL may carry credentials, which are never
+/// How long the handler waits for the registry before retrying.
+pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builds the registry client settings, with basic authentication when an API key is
+/// configured. Neither the URL (which may carry credentials too) nor the secret is
 /// logged.
-pub fn registry_settings(url: &str) -> Result<SrSettings, String> {
-    SrSettings::new_builder(url.to_string())
-        .set_timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.error)
+pub fn registry_settings(
+    url: &str,
+    credentials: Option<&RegistryCredentials>,
+    timeout: Duration,
+) -> Result<SrSettings, String> {
+    let mut builder = SrSettings::new_builder(url.to_string());
+    builder.set_timeout(timeout);
+    if let Some(credentials) = credentials {
+        builder.set_basic_authorization(&credentials.key, Some(credentials.secret.expose()));
+    }
+    builder.build().map_err(|e| e.error)
 }
 
 /// The most a length prefix in a datum may make the decoder allocate. Kafka records
@@ -567,7 +580,9 @@ mod tests {
 
     /// A decoder whose registry is a closed loopback port: any lookup is refused.
     fn decoder_without_registry() -> CommandDecoder {
-        CommandDecoder::new(registry_settings("http://127.0.0.1:9").unwrap())
+        CommandDecoder::new(
+            registry_settings("http://127.0.0.1:9", None, REGISTRY_TIMEOUT).unwrap(),
+        )
     }
 
     #[test]

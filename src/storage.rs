@@ -49,6 +49,35 @@ impl Database {
             .get()
             .map_err(|e| scrub(&e.to_string(), self.password.as_deref()))
     }
+
+    /// Whether the database answers a query within `timeout` (readiness probe).
+    pub fn reachable(&self, timeout: Duration) -> Result<(), String> {
+        let mut conn = self
+            .pool
+            .get_timeout(timeout)
+            .map_err(|e| scrub(&e.to_string(), self.password.as_deref()))?;
+        diesel::select(sql::<diesel::sql_types::Integer>("1"))
+            .get_result::<i32>(&mut conn)
+            .map(drop)
+            .map_err(|e| scrub(&e.to_string(), self.password.as_deref()))
+    }
+
+    pub fn usage(&self) -> PoolUsage {
+        let state = self.pool.state();
+        PoolUsage {
+            idle: state.idle_connections,
+            in_use: state.connections - state.idle_connections,
+            max: self.pool.max_size(),
+        }
+    }
+}
+
+/// The pool's connections at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolUsage {
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
 }
 
 #[derive(Debug)]

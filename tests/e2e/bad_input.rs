@@ -141,13 +141,15 @@ fn evolved_writer_schemas_still_decode() {
 #[test]
 fn decoding_arbitrary_bytes_never_panics_or_hangs() {
     use open_bank_command_handler::records::{
-        CommandDecoder, DecodeError, limit_datum_allocations, registry_settings,
+        CommandDecoder, DecodeError, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
     };
     use rand::{RngExt, SeedableRng};
 
     let env = TestEnv::with_partitions("fuzz", 1);
     limit_datum_allocations();
-    let decoder = CommandDecoder::new(registry_settings(&Stack::get().registry_url).unwrap());
+    let decoder = CommandDecoder::new(
+        registry_settings(&Stack::get().registry_url, None, REGISTRY_TIMEOUT).unwrap(),
+    );
     let schema_id = env.register(
         &env.topics.cmt,
         "ConfirmMoneyTransfer",

@@ -229,7 +229,32 @@ fn three_instances_joining_and_leaving_under_load_lose_nothing() {
 fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     let private = PrivateStack::up("outages");
     let mut env = TestEnv::on(private.stack, "outages", 3);
-    let handler = env.start_handler(&[]);
+    let handler = env.start_handler(&[("HTTP_PORT", "0"), ("HTTP_BIND_ADDRESS", "127.0.0.1")]);
+    let readiness = format!(
+        "http://{}/health/ready",
+        env.handler(handler).http_address()
+    );
+    // Readiness follows each outage: 503 naming the failing check, then 200 again.
+    let not_ready_because = |check: &str| {
+        let reply = http_until(&readiness, &format!("not ready: {check}"), |r| {
+            r.status == 503
+                && r.body.contains(&format!(r#""{check}"#))
+                && r.body.contains(r#""ok":false"#)
+        });
+        let report: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        let failing: Vec<&String> = report["checks"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, verdict)| verdict["ok"] == false)
+            .map(|(name, _)| name)
+            .collect();
+        assert!(
+            failing.iter().all(|name| name.starts_with(check)),
+            "only {check} fails: {report}"
+        );
+    };
+    http_until(&readiness, "ready", |r| r.status == 200);
     let accounts: Vec<(String, String)> = (0..4).map(|_| env.open_account()).collect();
     let mut rng = StdRng::seed_from_u64(13);
     let commands = load(&mut rng, &accounts, 800);
@@ -243,6 +268,7 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     private.stop("kafka");
     send(&env, chunks[1]);
     std::thread::sleep(Duration::from_secs(3));
+    not_ready_because("kafka:");
     private.start("kafka");
     send(&env, chunks[2]);
     env.flush();
@@ -255,7 +281,9 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     send(&env, chunks[4]);
     env.flush();
     std::thread::sleep(Duration::from_secs(3));
+    not_ready_because("database");
     private.start("postgres");
+    http_until(&readiness, "ready again", |r| r.status == 200);
 
     // The registry is away when the handler meets a schema id it has not seen: those
     // commands wait (no dead letter), and are handled once it is back.

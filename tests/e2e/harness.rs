@@ -52,6 +52,23 @@ pub struct Stack {
     pub kafka_version: String,
     /// The broker's mutual-TLS listener and the certificates made for it.
     pub tls: TlsStack,
+    /// The broker's SASL_SSL listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; its CA is
+    /// `tls.ca`) and its one user.
+    pub sasl: SaslStack,
+    /// The registry's port that requires HTTP basic authentication (same schemas).
+    pub auth_registry: AuthRegistry,
+}
+
+pub struct SaslStack {
+    pub brokers: String,
+    pub username: String,
+    pub password: String,
+}
+
+pub struct AuthRegistry {
+    pub url: String,
+    pub key: String,
+    pub secret: String,
 }
 
 pub struct TlsStack {
@@ -116,6 +133,16 @@ impl Stack {
                 key_password: get("TLS_CLIENT_KEY_PASSWORD"),
                 rogue_cert: get("TLS_ROGUE_CERT_LOCATION"),
                 rogue_key: get("TLS_ROGUE_KEY_LOCATION"),
+            },
+            sasl: SaslStack {
+                brokers: get("SASL_BROKERS"),
+                username: get("SASL_USERNAME"),
+                password: get("SASL_PASSWORD"),
+            },
+            auth_registry: AuthRegistry {
+                url: get("AUTH_REGISTRY_URL"),
+                key: get("AUTH_REGISTRY_KEY"),
+                secret: get("AUTH_REGISTRY_SECRET"),
             },
         }
     }
@@ -970,6 +997,15 @@ impl Handler {
         }
     }
 
+    /// Where the handler serves HTTP, from its start-up line (waits for it).
+    pub fn http_address(&mut self) -> String {
+        const LINE: &str = "serving health and metrics on http://";
+        self.wait_for_log(LINE);
+        let log = self.log();
+        let rest = &log[log.find(LINE).unwrap() + LINE.len()..];
+        rest[..rest.find('/').unwrap()].to_string()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.exit.is_none() && self.child.try_wait().unwrap().is_none()
     }
@@ -980,4 +1016,61 @@ impl Handler {
             self.exit = self.child.wait().ok();
         }
     }
+}
+
+/// An HTTP response as a test sees it.
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// One HTTP request; fails the test if the server does not answer at all.
+pub fn http(method: &str, url: &str) -> HttpReply {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let response = client
+        .request(method, url)
+        .send()
+        .unwrap_or_else(|e| panic!("no HTTP answer from {url}: {e}"));
+    HttpReply {
+        status: response.status().as_u16(),
+        content_type: response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        body: response.text().unwrap_or_default(),
+    }
+}
+
+/// Polls `url` until `done` holds for a reply, or fails the test with the last one.
+pub fn http_until(url: &str, what: &str, done: impl Fn(&HttpReply) -> bool) -> HttpReply {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = http("GET", url);
+        if done(&reply) {
+            return reply;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{what}: not seen at {url} in time; last reply {}:\n{}",
+                reply.status, reply.body
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of the sample `name{labels}` (labels as exposed, in order) in a Prometheus
+/// exposition, if present.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }

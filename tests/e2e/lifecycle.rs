@@ -224,7 +224,10 @@ fn mutual_tls_to_kafka_with_secrets_kept_out_of_the_logs() {
 
     env.handler(handler).stop_cleanly();
     let log = env.handler(handler).log();
-    assert!(log.contains("TLS on"), "the handler says it uses TLS");
+    assert!(
+        log.contains("security mutual TLS"),
+        "the handler says it uses mutual TLS"
+    );
     for secret in [db_password, tls.key_password.as_str()] {
         assert!(!log.contains(secret), "a secret leaked into the trace log");
     }

@@ -9,5 +9,6 @@ mod bad_input;
 mod concurrency;
 mod faults;
 mod lifecycle;
+mod operations;
 mod replay;
 mod transfers;

@@ -1,0 +1,266 @@
+//! Health and metrics over HTTP, served when `HTTP_PORT` is set:
+//!
+//! - `GET /health/live`: 200 while the process runs (a stuck or failed handler exits,
+//!   so there is nothing more to tell);
+//! - `GET /health/ready`: 200 when the database, the Schema Registry and Kafka answered
+//!   the latest probe and both consumers have their partitions from the group; 503
+//!   otherwise and while stopping. The body says which check failed and why;
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
+//!
+//! A prober thread checks the dependencies every few seconds and the endpoint answers
+//! from its latest results, so a probe never waits on a dependency (Kubernetes gives a
+//! probe one second by default) and a busy probe schedule adds no load to them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
+use schema_registry_converter::blocking::schema_registry::{SrSettings, get_all_subjects};
+use serde_json::json;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use crate::kafka::{AnswerProducer, CommandConsumer};
+use crate::metrics::Metrics;
+use crate::storage::Database;
+
+/// How often the prober checks the dependencies.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one check may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Results older than this (a hung prober) count as not ready.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the prober and the endpoints look at.
+pub struct Dependencies {
+    pub database: Database,
+    /// With a short timeout, unlike the decoders' settings.
+    pub registry: SrSettings,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Set once the Kafka clients exist: the server runs from the start (liveness must
+    /// answer while start-up waits for the database), the clients come after migrations.
+    pub clients: OnceLock<KafkaClients>,
+}
+
+pub struct KafkaClients {
+    pub consumers: Vec<Arc<CommandConsumer>>,
+    pub producer: Arc<AnswerProducer>,
+}
+
+/// One check's verdict: Ok with a detail, or Err with the reason.
+type Verdict = Result<String, String>;
+
+struct Probe {
+    at: Instant,
+    checks: Vec<(String, Verdict)>,
+}
+
+/// The bound server; `address` has the actual port when `HTTP_PORT=0`.
+pub struct HttpServer {
+    server: Server,
+    pub address: SocketAddr,
+}
+
+/// Binds the port now, so that a port in use stops start-up with a clear reason.
+pub fn bind(address: SocketAddr) -> Result<HttpServer, String> {
+    let server = Server::http(address)
+        .map_err(|e| format!("cannot serve HTTP on {address} (HTTP_PORT): {e}"))?;
+    let address = server.server_addr().to_ip().unwrap_or(address);
+    Ok(HttpServer { server, address })
+}
+
+/// Serves until shutdown; runs the prober on a thread of its own.
+pub fn serve(http: HttpServer, dependencies: Arc<Dependencies>) {
+    let latest: Arc<Mutex<Option<Probe>>> = Arc::new(Mutex::new(None));
+    let prober = {
+        let (dependencies, latest) = (Arc::clone(&dependencies), Arc::clone(&latest));
+        thread::Builder::new()
+            .name("prober".into())
+            .spawn(move || probe_until_shutdown(&dependencies, &latest))
+    };
+    if let Err(error) = prober {
+        warn!("cannot start the readiness prober: {error}; /health/ready will answer 503");
+    }
+    info!(
+        "serving health and metrics on http://{}/ (/health/live, /health/ready, /metrics)",
+        http.address
+    );
+    while !dependencies.shutdown.load(Ordering::Acquire) {
+        match http.server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(request)) => answer(request, &dependencies, &latest),
+            Ok(None) => {}
+            Err(error) => {
+                warn!("HTTP server: {error}");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<Probe>>) {
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let response = match (request.method(), path.as_str()) {
+        (Method::Get | Method::Head, "/health/live") => {
+            json_response(200, &json!({"status": "up"}))
+        }
+        (Method::Get | Method::Head, "/health/ready") => {
+            let (ready, body) = readiness(dependencies, latest);
+            json_response(if ready { 200 } else { 503 }, &body)
+        }
+        (Method::Get | Method::Head, "/metrics") => {
+            let producer_queue_depth = dependencies
+                .clients
+                .get()
+                .map_or(0, |clients| clients.producer.in_flight_count());
+            let text = dependencies
+                .metrics
+                .encode(producer_queue_depth, dependencies.database.usage());
+            Response::from_string(text).with_header(header("Content-Type", OPENMETRICS))
+        }
+        (Method::Get | Method::Head, _) => json_response(404, &json!({"error": "not found"})),
+        _ => json_response(405, &json!({"error": "method not allowed"})),
+    };
+    // The client may have gone away; nothing to do about it.
+    let _ = request.respond(response);
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid static header")
+}
+
+/// The latest probe as a report; ready only if it is recent and every check passed.
+fn readiness(
+    dependencies: &Dependencies,
+    latest: &Mutex<Option<Probe>>,
+) -> (bool, serde_json::Value) {
+    if dependencies.shutdown.load(Ordering::Acquire) {
+        return (false, json!({"status": "stopping"}));
+    }
+    let latest = latest
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(probe) = latest.as_ref() else {
+        return (
+            false,
+            json!({"status": "starting", "detail": "no probe yet"}),
+        );
+    };
+    let stale = probe.at.elapsed() > STALE_AFTER;
+    let ready = !stale && probe.checks.iter().all(|(_, verdict)| verdict.is_ok());
+    let checks: serde_json::Map<String, serde_json::Value> = probe
+        .checks
+        .iter()
+        .map(|(name, verdict)| {
+            let value = match verdict {
+                Ok(detail) => json!({"ok": true, "detail": detail}),
+                Err(reason) => json!({"ok": false, "detail": reason}),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let status = if ready { "ready" } else { "not ready" };
+    (
+        ready,
+        json!({
+            "status": status,
+            "checked_seconds_ago": probe.at.elapsed().as_secs(),
+            "checks": checks,
+        }),
+    )
+}
+
+fn probe_until_shutdown(dependencies: &Dependencies, latest: &Mutex<Option<Probe>>) {
+    let mut was_ready: Option<bool> = None;
+    while !dependencies.shutdown.load(Ordering::Acquire) {
+        let checks = run_checks(dependencies);
+        for (name, verdict) in &checks {
+            dependencies
+                .metrics
+                .dependency_checked(name, verdict.is_ok());
+        }
+        let ready = checks.iter().all(|(_, verdict)| verdict.is_ok());
+        if was_ready != Some(ready) {
+            let failing: Vec<String> = checks
+                .iter()
+                .filter_map(|(name, verdict)| {
+                    verdict.as_ref().err().map(|why| format!("{name}: {why}"))
+                })
+                .collect();
+            if ready {
+                info!("ready");
+            } else {
+                info!("not ready: {}", failing.join("; "));
+            }
+            was_ready = Some(ready);
+        }
+        *latest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Probe {
+            at: Instant::now(),
+            checks,
+        });
+        let until = Instant::now() + PROBE_INTERVAL;
+        while Instant::now() < until && !dependencies.shutdown.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
+    let mut checks = vec![
+        (
+            "database".to_string(),
+            dependencies
+                .database
+                .reachable(PROBE_TIMEOUT)
+                .map(|()| "answered".to_string()),
+        ),
+        (
+            "schema_registry".to_string(),
+            get_all_subjects(&dependencies.registry)
+                .map(|subjects| format!("answered; {} subjects", subjects.len()))
+                .map_err(|e| e.to_string()),
+        ),
+    ];
+    let Some(clients) = dependencies.clients.get() else {
+        checks.push((
+            "kafka".to_string(),
+            Err("starting: the Kafka clients are made once the database is migrated".to_string()),
+        ));
+        return checks;
+    };
+    for consumer in &clients.consumers {
+        let events = consumer.context();
+        let topic = events.topic();
+        // The consumer's own topic: a consumer never asks the brokers to create it.
+        let kafka = consumer
+            .fetch_metadata(Some(topic), PROBE_TIMEOUT)
+            .map_err(|e| e.to_string())
+            .map(|metadata| format!("answered; {} brokers", metadata.brokers().len()));
+        let assignment = match events.assignment() {
+            Some(partitions) => Ok(format!("partitions {partitions:?}")),
+            None => Err("waiting for the consumer group to assign partitions".to_string()),
+        };
+        checks.push((format!("kafka:{topic}"), kafka));
+        checks.push((format!("assignment:{topic}"), assignment));
+    }
+    checks
+}

@@ -1,0 +1,312 @@
+//! Running it as operators do: health and metrics over HTTP, record lines in the log,
+//! SASL over TLS, and Schema Registry basic authentication.
+
+use std::process::Command;
+
+use uuid::Uuid;
+
+use crate::harness::*;
+
+/// Serves HTTP on a free loopback port, with librdkafka statistics (the lag metric)
+/// every half second.
+const HTTP: [(&str, &str); 3] = [
+    ("HTTP_PORT", "0"),
+    ("HTTP_BIND_ADDRESS", "127.0.0.1"),
+    ("RDKAFKA_CONSUMER_STATISTICS_INTERVAL_MS", "500"),
+];
+
+#[test]
+fn health_and_metrics_are_served_and_move_with_the_work() {
+    let mut env = TestEnv::with_partitions("http", 1);
+    let handler = env.start_handler(&HTTP);
+    let base = format!("http://{}", env.handler(handler).http_address());
+
+    let live = http("GET", &format!("{base}/health/live"));
+    assert_eq!(
+        (live.status, live.body.as_str()),
+        (200, r#"{"status":"up"}"#)
+    );
+    let ready = http_until(&format!("{base}/health/ready"), "readiness", |r| {
+        r.status == 200
+    });
+    let report: serde_json::Value = serde_json::from_str(&ready.body).unwrap();
+    assert_eq!(report["status"], "ready", "{report}");
+    let checks = &report["checks"];
+    for check in [
+        "database".to_string(),
+        "schema_registry".to_string(),
+        format!("kafka:{}", env.topics.cac),
+        format!("kafka:{}", env.topics.cmt),
+        format!("assignment:{}", env.topics.cac),
+    ] {
+        assert_eq!(checks[&check]["ok"], true, "{check} in {report}");
+    }
+    assert_eq!(
+        checks[format!("assignment:{}", env.topics.cmt)]["detail"],
+        "partitions [0]",
+        "{report}"
+    );
+
+    // The work: an account, a confirmed and a refused transfer, a poison record.
+    let (iban, token) = env.open_account();
+    let confirmed = TransferCmd::new(&token, 1, &iban, BANK_IBAN);
+    let refused = TransferCmd::new("wrong token", 1, &iban, BANK_IBAN);
+    assert_eq!(env.transfer(&confirmed), None);
+    assert_eq!(env.transfer(&refused).as_deref(), Some("invalid token"));
+    let poison_key = Uuid::new_v4().to_string();
+    let cmt = env.topics.cmt.clone();
+    env.send_raw(&cmt, Some(poison_key.as_bytes()), Some(b"not avro"));
+    env.flush();
+    env.collect_until("the dead letter", |outputs| {
+        outputs.iter().any(|o| o.key_text() == poison_key)
+    });
+
+    let metrics_url = format!("{base}/metrics");
+    let series = |name: &str, labels: &str| format!("command_handler_{name}{{{labels}}}");
+    let expected = [
+        (
+            series(
+                "commands_total",
+                r#"command="account_creation",outcome="confirmed""#,
+            ),
+            1.0,
+        ),
+        (
+            series(
+                "commands_total",
+                r#"command="money_transfer",outcome="confirmed""#,
+            ),
+            1.0,
+        ),
+        (
+            series(
+                "commands_total",
+                r#"command="money_transfer",outcome="failed""#,
+            ),
+            1.0,
+        ),
+        (
+            series("dead_letters_total", &format!(r#"topic="{cmt}""#)),
+            1.0,
+        ),
+        // Two transfers and the poison record, each timed from poll to stored offset.
+        (
+            series("processing_seconds_count", r#"command="money_transfer""#),
+            3.0,
+        ),
+        (
+            series("assigned_partitions", &format!(r#"topic="{cmt}""#)),
+            1.0,
+        ),
+        (
+            series("consumer_lag", &format!(r#"topic="{cmt}",partition="0""#)),
+            0.0,
+        ),
+        (series("dependency_up", r#"dependency="database""#), 1.0),
+        ("command_handler_db_pool_max_connections".to_string(), 4.0),
+        ("command_handler_producer_queue_depth".to_string(), 0.0),
+    ];
+    let scraped = http_until(&metrics_url, "the counters of the work done", |reply| {
+        expected
+            .iter()
+            .all(|(series, value)| sample(&reply.body, series) == Some(*value))
+    });
+    assert!(
+        scraped
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        scraped.content_type
+    );
+    assert!(scraped.body.ends_with("# EOF\n"), "a complete exposition");
+    let in_use = sample(
+        &scraped.body,
+        r#"command_handler_db_pool_connections{state="in_use"}"#,
+    );
+    assert!(in_use.is_some(), "pool usage exposed:\n{}", scraped.body);
+
+    assert_eq!(http("GET", &format!("{base}/nowhere")).status, 404);
+    assert_eq!(http("POST", &format!("{base}/health/live")).status, 405);
+
+    // Every line about a record names its topic, partition, offset and command id.
+    let log = env.handler(handler).log();
+    for (id, what) in [
+        (confirmed.id.to_string(), "money transfer"),
+        (poison_key.clone(), "dead-lettered"),
+    ] {
+        let line = log
+            .lines()
+            .find(|line| line.contains(&format!("command {id}: {what}")))
+            .unwrap_or_else(|| panic!("no line about {id} ({what}) in\n{log}"));
+        assert!(line.contains(&format!("{cmt}/0@")), "{line}");
+    }
+
+    env.handler(handler).stop_cleanly();
+}
+
+/// Runs `command-handler check` with this test's environment plus `overrides`.
+fn check(env: &TestEnv, overrides: &[(&str, &str)]) -> (bool, String) {
+    let mut vars = env.handler_env();
+    for (key, value) in overrides {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_string(), value.to_string()));
+    }
+    let output = Command::new(Handler::binary())
+        .arg("check")
+        .env_clear()
+        .envs(vars)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The handler does its work over the SASL_SSL listener with `mechanism`.
+fn works_over_sasl(mechanism: &str) {
+    let mut env = TestEnv::new(&format!("sasl-{}", mechanism.to_lowercase()));
+    let stack: &'static Stack = env.stack;
+    let over_sasl = [
+        ("KAFKA_BROKERS", stack.sasl.brokers.as_str()),
+        ("KAFKA_SSL_CA_LOCATION", stack.tls.ca.as_str()),
+        ("KAFKA_SASL_MECHANISM", mechanism),
+        ("KAFKA_SASL_USERNAME", stack.sasl.username.as_str()),
+        ("KAFKA_SASL_PASSWORD", stack.sasl.password.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    let (reached, report) = check(&env, &over_sasl);
+    assert!(reached, "check over SASL {mechanism}:\n{report}");
+    assert!(
+        report.contains(&format!("security SASL {mechanism} over TLS")),
+        "{report}"
+    );
+
+    let handler = env.start_handler(&over_sasl);
+    let (iban, token) = env.open_account();
+    assert_eq!(
+        env.transfer(&TransferCmd::new(&token, 5, &iban, BANK_IBAN)),
+        None
+    );
+    assert_eq!(env.amount(&iban), Some(-5));
+    env.handler(handler).stop_cleanly();
+    let log = env.handler(handler).log();
+    assert!(
+        !log.contains(&stack.sasl.password),
+        "the SASL password leaked into the log"
+    );
+
+    // A wrong password: the broker refuses, `check` says so, and shows no password.
+    let wrong = "not-the-password";
+    let mut refused = over_sasl.to_vec();
+    refused.retain(|(k, _)| *k != "KAFKA_SASL_PASSWORD");
+    refused.push(("KAFKA_SASL_PASSWORD", wrong));
+    let (reached, report) = check(&env, &refused);
+    assert!(!reached, "check must fail with a wrong password:\n{report}");
+    assert!(report.contains("kafka: FAILED"), "{report}");
+    assert!(!report.contains(wrong), "{report}");
+}
+
+#[test]
+fn works_over_sasl_plain() {
+    works_over_sasl("PLAIN");
+}
+
+#[test]
+fn works_over_sasl_scram_sha_256() {
+    works_over_sasl("SCRAM-SHA-256");
+}
+
+#[test]
+fn works_over_sasl_scram_sha_512() {
+    works_over_sasl("SCRAM-SHA-512");
+}
+
+#[test]
+fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
+    let mut env = TestEnv::new("registry-auth");
+    let stack: &'static Stack = env.stack;
+    let registry = &stack.auth_registry;
+    let with_key = [
+        ("SCHEMA_REGISTRY_URL", registry.url.as_str()),
+        ("SCHEMA_REGISTRY_API_KEY", registry.key.as_str()),
+        ("SCHEMA_REGISTRY_API_SECRET", registry.secret.as_str()),
+    ];
+    let wrong_secret = "wrong-registry-secret";
+    let mut with_wrong_secret = with_key.to_vec();
+    with_wrong_secret[2].1 = wrong_secret;
+
+    let (reached, report) = check(&env, &with_wrong_secret);
+    assert!(!reached, "{report}");
+    assert!(report.contains("schema registry: FAILED"), "{report}");
+    assert!(!report.contains(wrong_secret), "{report}");
+    let (reached, report) = check(&env, &with_key);
+    assert!(reached, "{report}");
+
+    // A handler with the wrong secret cannot read the commands' schemas: it retries and
+    // neither answers nor dead-letters.
+    let refused = env.start_handler(&with_wrong_secret);
+    let command = TransferCmd::new("", 7, "cash", BANK_IBAN);
+    env.send_transfer(&command);
+    env.flush();
+    env.handler(refused).wait_for_log("decoding commands of");
+    env.collect_for(std::time::Duration::from_secs(2));
+    assert!(
+        env.answers_to(command.id).is_empty(),
+        "answered without the registry"
+    );
+    assert_eq!(
+        env.on_topic(&env.topics.dlq.clone()).count(),
+        0,
+        "dead-lettered"
+    );
+    env.handler(refused).stop_cleanly();
+    assert!(!env.handler(refused).log().contains(wrong_secret));
+
+    // With the right secret the same group takes the command up and answers it.
+    let handler = env.start_handler(&with_key);
+    let answer = env.await_answer(command.id);
+    assert_eq!(
+        answer.record_name(),
+        "nl.openweb.data.MoneyTransferConfirmed",
+        "{}",
+        answer.summary()
+    );
+    env.handler(handler).stop_cleanly();
+    assert!(!env.handler(handler).log().contains(&registry.secret));
+}
+
+#[test]
+fn liveness_answers_while_start_up_waits_for_the_database() {
+    let mut env = TestEnv::new("http-start");
+    let stack = env.stack;
+    let unreachable = format!(
+        "postgres://clojure_ch:wrong-password@{}:{}/{}",
+        stack.db_host, stack.db_port, env.database
+    );
+    let mut vars = HTTP.to_vec();
+    vars.push(("DATABASE_URL", &unreachable));
+    let handler = env.start_handler(&vars);
+    let base = format!("http://{}", env.handler(handler).http_address());
+    env.handler(handler).wait_for_log("database not ready");
+
+    assert_eq!(http("GET", &format!("{base}/health/live")).status, 200);
+    let reply = http_until(&format!("{base}/health/ready"), "a readiness report", |r| {
+        r.body.contains("checks")
+    });
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let report: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(report["checks"]["database"]["ok"], false, "{report}");
+    assert_eq!(report["checks"]["kafka"]["ok"], false, "{report}");
+    assert!(
+        report["checks"]["kafka"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("starting"),
+        "{report}"
+    );
+    assert_eq!(http("GET", &format!("{base}/metrics")).status, 200);
+    env.handler(handler).stop_cleanly();
+}

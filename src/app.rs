@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::http;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::pipeline::{CommandLoop, CommandTopic, Destinations, run_producer};
+use crate::pipeline::{CommandLoop, CommandTopic, Destinations, Heartbeat, run_producer};
 use crate::records::{
     AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
 };
@@ -71,6 +71,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let server = http::bind(address)?;
         let dependencies = Arc::new(http::Dependencies {
             database: database.clone(),
+            liveness_stall: config.liveness_stall,
             registry: registry_with_timeout(http::PROBE_TIMEOUT)?,
             metrics: Arc::clone(&metrics),
             shutdown: Arc::clone(&shutdown),
@@ -106,6 +107,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let mut consumer_threads = Vec::new();
     let mut consumers = Vec::new();
+    let mut heartbeats = Vec::new();
     for kind in [CommandTopic::AccountCreation, CommandTopic::MoneyTransfer] {
         let topic = match kind {
             CommandTopic::AccountCreation => &config.topics.account_creation_commands,
@@ -116,6 +118,8 @@ pub fn run(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?,
         );
         consumers.push(Arc::clone(&consumer));
+        let heartbeat = Arc::new(Heartbeat::default());
+        heartbeats.push((topic.clone(), Arc::clone(&heartbeat)));
         let command_loop = CommandLoop {
             kind,
             consumer,
@@ -127,6 +131,7 @@ pub fn run(config: Config) -> Result<(), String> {
             shutdown: Arc::clone(&shutdown),
             batch_size: config.batch_size,
             metrics: Arc::clone(&metrics),
+            heartbeat,
         };
         let shutdown = Arc::clone(&shutdown);
         let name = format!("{kind:?}").to_lowercase();
@@ -146,6 +151,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let clients = http::KafkaClients {
             consumers,
             producer: Arc::clone(&producer),
+            heartbeats,
         };
         // Set once, here; a second set cannot happen.
         let _ = dependencies.clients.set(clients);
@@ -168,6 +174,8 @@ pub fn run(config: Config) -> Result<(), String> {
     if let Some(thread) = http_thread {
         let _ = thread.join();
     }
+    // The last holder of the consumers: dropped, they leave their group.
+    drop(http_dependencies);
     match failure {
         None => {
             info!("stopped cleanly");

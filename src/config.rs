@@ -123,6 +123,8 @@ pub struct Config {
     pub registry_credentials: Option<RegistryCredentials>,
     /// Where health and metrics are served over HTTP; None: not served.
     pub http_address: Option<std::net::SocketAddr>,
+    /// How long a consumer loop may show no progress before liveness fails.
+    pub liveness_stall: std::time::Duration,
     /// Any other librdkafka property, from `RDKAFKA_*` variables (values may be secrets).
     pub kafka_properties: Vec<KafkaProperty>,
     /// Most commands applied in one database transaction.
@@ -150,13 +152,20 @@ pub struct KafkaProperty {
     pub value: Secret,
 }
 
-/// Properties the delivery guarantee depends on, or that have variables of their own.
-const RESERVED_PROPERTIES: [&str; 5] = [
+/// Properties the delivery guarantee depends on, or that have variables of their own
+/// (and must not be turned around: `security.protocol=sasl_plaintext` would send the
+/// SASL password in clear).
+const RESERVED_PROPERTIES: [&str; 10] = [
     "enable.auto.offset.store",
     "enable.auto.commit",
     "group.id",
     "bootstrap.servers",
     "enable.idempotence",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
 ];
 
 #[derive(Debug, PartialEq, Eq)]
@@ -233,6 +242,12 @@ impl Config {
             sasl: vars.sasl()?,
             registry_credentials: vars.registry_credentials()?,
             http_address: vars.http_address()?,
+            liveness_stall: std::time::Duration::from_secs(vars.number(
+                "HTTP_LIVENESS_STALL_SECONDS",
+                120,
+                1,
+                3600,
+            )?),
             kafka_properties: kafka_properties(&all)?,
             batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
             // 0: a batch's records are handed to the producer together and the consumer waits
@@ -726,8 +741,14 @@ mod tests {
                 (ClientScope::All, "socket.keepalive.enable", "true"),
             ]
         );
-        let error = parse(&[("RDKAFKA_CONSUMER_ENABLE_AUTO_OFFSET_STORE", "true")]).unwrap_err();
-        assert_eq!(error.variable, "RDKAFKA_CONSUMER_ENABLE_AUTO_OFFSET_STORE");
+        for reserved in [
+            "RDKAFKA_CONSUMER_ENABLE_AUTO_OFFSET_STORE",
+            "RDKAFKA_SECURITY_PROTOCOL",
+            "RDKAFKA_SASL_PASSWORD",
+        ] {
+            let error = parse(&[(reserved, "x")]).unwrap_err();
+            assert_eq!(error.variable, reserved);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Health and metrics over HTTP, served when `HTTP_PORT` is set:
 //!
-//! - `GET /health/live`: 200 while the process runs (a stuck or failed handler exits,
-//!   so there is nothing more to tell);
+//! - `GET /health/live`: 200 while the process runs, 503 when a consumer loop has shown
+//!   no progress for `HTTP_LIVENESS_STALL_SECONDS` (a call that never returns); a handler
+//!   that fails otherwise exits by itself;
 //! - `GET /health/ready`: 200 when the database, the Schema Registry and Kafka answered
 //!   the latest probe and both consumers have their partitions from the group; 503
 //!   otherwise and while stopping. The body says which check failed and why;
@@ -26,6 +27,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::kafka::{AnswerProducer, CommandConsumer};
 use crate::metrics::Metrics;
+use crate::pipeline::Heartbeat;
 use crate::storage::Database;
 
 /// How often the prober checks the dependencies.
@@ -40,6 +42,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// What the prober and the endpoints look at.
 pub struct Dependencies {
     pub database: Database,
+    /// A loop silent for longer than this fails liveness.
+    pub liveness_stall: Duration,
     /// With a short timeout, unlike the decoders' settings.
     pub registry: SrSettings,
     pub metrics: Arc<Metrics>,
@@ -52,6 +56,8 @@ pub struct Dependencies {
 pub struct KafkaClients {
     pub consumers: Vec<Arc<CommandConsumer>>,
     pub producer: Arc<AnswerProducer>,
+    /// Each consumer loop's heartbeat, by the topic it consumes.
+    pub heartbeats: Vec<(String, Arc<Heartbeat>)>,
 }
 
 /// One check's verdict: Ok with a detail, or Err with the reason.
@@ -85,9 +91,11 @@ pub fn serve(http: HttpServer, dependencies: Arc<Dependencies>) {
             .name("prober".into())
             .spawn(move || probe_until_shutdown(&dependencies, &latest))
     };
-    if let Err(error) = prober {
-        warn!("cannot start the readiness prober: {error}; /health/ready will answer 503");
-    }
+    let prober = prober
+        .map_err(|error| {
+            warn!("cannot start the readiness prober: {error}; /health/ready will answer 503")
+        })
+        .ok();
     info!(
         "serving health and metrics on http://{}/ (/health/live, /health/ready, /metrics)",
         http.address
@@ -102,6 +110,11 @@ pub fn serve(http: HttpServer, dependencies: Arc<Dependencies>) {
             }
         }
     }
+    // The prober may hold a consumer; joined, it has let go before the process ends, so
+    // the consumers leave their group on the main thread.
+    if let Some(prober) = prober {
+        let _ = prober.join();
+    }
 }
 
 fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<Probe>>) {
@@ -112,9 +125,10 @@ fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<P
         .unwrap_or_default()
         .to_string();
     let response = match (request.method(), path.as_str()) {
-        (Method::Get | Method::Head, "/health/live") => {
-            json_response(200, &json!({"status": "up"}))
-        }
+        (Method::Get | Method::Head, "/health/live") => match stalled_loop(dependencies) {
+            None => json_response(200, &json!({"status": "up"})),
+            Some(detail) => json_response(503, &json!({"status": "stuck", "detail": detail})),
+        },
         (Method::Get | Method::Head, "/health/ready") => {
             let (ready, body) = readiness(dependencies, latest);
             json_response(if ready { 200 } else { 503 }, &body)
@@ -134,6 +148,20 @@ fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<P
     };
     // The client may have gone away; nothing to do about it.
     let _ = request.respond(response);
+}
+
+/// A consumer loop silent for longer than allowed, described; None when all progress.
+fn stalled_loop(dependencies: &Dependencies) -> Option<String> {
+    let clients = dependencies.clients.get()?;
+    clients.heartbeats.iter().find_map(|(topic, heartbeat)| {
+        let silent = heartbeat.silent_for();
+        (silent > dependencies.liveness_stall).then(|| {
+            format!(
+                "the consumer loop of {topic} has shown no progress for {} s",
+                silent.as_secs()
+            )
+        })
+    })
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -192,9 +220,16 @@ fn probe_until_shutdown(dependencies: &Dependencies, latest: &Mutex<Option<Probe
     while !dependencies.shutdown.load(Ordering::Acquire) {
         let checks = run_checks(dependencies);
         for (name, verdict) in &checks {
-            dependencies
-                .metrics
-                .dependency_checked(name, verdict.is_ok());
+            // Assignments are the group's doing, not a dependency.
+            if !name.starts_with("assignment:") {
+                dependencies
+                    .metrics
+                    .dependency_checked(name, verdict.is_ok());
+            }
+        }
+        if dependencies.clients.get().is_some() {
+            // Replaced by one check per consumer once the clients exist.
+            dependencies.metrics.forget_dependency("kafka");
         }
         let ready = checks.iter().all(|(_, verdict)| verdict.is_ok());
         if was_ready != Some(ready) {
@@ -254,7 +289,14 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
         let kafka = consumer
             .fetch_metadata(Some(topic), PROBE_TIMEOUT)
             .map_err(|e| e.to_string())
-            .map(|metadata| format!("answered; {} brokers", metadata.brokers().len()));
+            .and_then(
+                |metadata| match metadata.topics().iter().find_map(|t| t.error()) {
+                    Some(error) => Err(format!(
+                        "the brokers answered, but not for {topic}: {error:?}"
+                    )),
+                    None => Ok(format!("answered; {} brokers", metadata.brokers().len())),
+                },
+            );
         let assignment = match events.assignment() {
             Some(partitions) => Ok(format!("partitions {partitions:?}")),
             None => Err("waiting for the consumer group to assign partitions".to_string()),

@@ -99,7 +99,9 @@ impl ClientContext for ConsumerEvents {
     }
 
     fn stats(&self, statistics: Statistics) {
-        self.metrics.consumer_statistics(&statistics);
+        let assigned = self.assignment().unwrap_or_default();
+        self.metrics
+            .consumer_statistics(&statistics, &self.topic, &assigned);
     }
 }
 

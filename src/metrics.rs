@@ -27,16 +27,10 @@ fn command_label(command: CommandTopic) -> &'static str {
     }
 }
 
-/// Confirmed or failed, as answered (a replayed command counts again).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Confirmed,
-    Failed,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     command: &'static str,
+    /// `confirmed` or `failed`, as answered (a replayed command counts again).
     outcome: &'static str,
 }
 
@@ -77,6 +71,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// What a batch came to, counted once Kafka has acknowledged its answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchTally {
+    pub confirmed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+}
+
 pub struct Metrics {
     registry: Registry,
     commands: Family<CommandLabels, Counter>,
@@ -85,7 +87,7 @@ pub struct Metrics {
     batch_retries: Family<TopicLabel, Counter>,
     assigned_partitions: Family<TopicLabel, Gauge>,
     consumer_lag: Family<PartitionLabels, Gauge>,
-    /// Partitions with a lag gauge, so that those no longer reported lose theirs.
+    /// Partitions with a lag gauge, so that those no longer assigned lose theirs.
     lag_reported: Mutex<BTreeSet<(String, i32)>>,
     producer_queue_depth: Gauge,
     db_pool_connections: Family<PoolStateLabel, Gauge>,
@@ -101,105 +103,119 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("command_handler");
-        let metrics = Metrics {
-            commands: Family::default(),
-            dead_letters: Family::default(),
-            processing_seconds: Family::new_with_constructor(latency_histogram),
-            batch_retries: Family::default(),
-            assigned_partitions: Family::default(),
-            consumer_lag: Family::default(),
-            lag_reported: Mutex::new(BTreeSet::new()),
-            producer_queue_depth: Gauge::default(),
-            db_pool_connections: Family::default(),
-            db_pool_max: Gauge::default(),
-            dependency_up: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "commands",
-            "Commands answered, by type and outcome",
-            metrics.commands.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Records sent to the dead-letter topic, by the topic they came from",
-            metrics.dead_letters.clone(),
-        );
-        registry.register(
-            "processing_seconds",
-            "Time from polling a command to storing its offset (answers acknowledged)",
-            metrics.processing_seconds.clone(),
-        );
-        registry.register(
-            "batch_retries",
-            "Attempts at a batch that failed and were retried (registry, database or broker trouble)",
-            metrics.batch_retries.clone(),
-        );
-        registry.register(
-            "assigned_partitions",
-            "Partitions of the command topic assigned to this instance",
-            metrics.assigned_partitions.clone(),
-        );
-        registry.register(
-            "consumer_lag",
-            "Records of an assigned partition not yet handled (from librdkafka statistics)",
-            metrics.consumer_lag.clone(),
-        );
-        registry.register(
-            "producer_queue_depth",
-            "Records handed to the producer and not yet acknowledged by Kafka",
-            metrics.producer_queue_depth.clone(),
-        );
-        registry.register(
-            "db_pool_connections",
-            "Database connections of the pool, by state",
-            metrics.db_pool_connections.clone(),
-        );
-        registry.register(
-            "db_pool_max_connections",
-            "Most connections the pool opens (DB_POOL_SIZE)",
-            metrics.db_pool_max.clone(),
-        );
-        registry.register(
-            "dependency_up",
-            "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
-            metrics.dependency_up.clone(),
-        );
+        let commands = Family::default();
+        let dead_letters = Family::default();
+        let processing_seconds: Family<CommandTypeLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let batch_retries = Family::default();
+        let assigned_partitions = Family::default();
+        let consumer_lag = Family::default();
+        let producer_queue_depth = Gauge::default();
+        let db_pool_connections = Family::default();
+        let db_pool_max = Gauge::default();
+        let dependency_up = Family::default();
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
+
+        let mut registry = Registry::with_prefix("command_handler");
+        registry.register(
+            "commands",
+            "Commands answered (acknowledged by Kafka), by type and outcome",
+            commands.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic, by the topic they came from",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "processing_seconds",
+            "Time from polling a record to its answers being acknowledged (each record of a batch gets the batch's time)",
+            processing_seconds.clone(),
+        );
+        registry.register(
+            "batch_retries",
+            "Attempts at a batch that failed and were retried (registry, database or broker trouble)",
+            batch_retries.clone(),
+        );
+        registry.register(
+            "assigned_partitions",
+            "Partitions of the command topic assigned to this instance",
+            assigned_partitions.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records of an assigned partition not yet handled (librdkafka statistics, taken while the loop polls)",
+            consumer_lag.clone(),
+        );
+        registry.register(
+            "producer_queue_depth",
+            "Messages and requests waiting in the producer (librdkafka's out-queue length)",
+            producer_queue_depth.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database connections of the pool, by state",
+            db_pool_connections.clone(),
+        );
+        registry.register(
+            "db_pool_max_connections",
+            "Most connections the pool opens (DB_POOL_SIZE)",
+            db_pool_max.clone(),
+        );
+        registry.register(
+            "dependency_up",
+            "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
+            dependency_up.clone(),
+        );
         registry.register("build_info", "The handler's version", build_info);
         Metrics {
             registry,
-            ..metrics
+            commands,
+            dead_letters,
+            processing_seconds,
+            batch_retries,
+            assigned_partitions,
+            consumer_lag,
+            lag_reported: Mutex::new(BTreeSet::new()),
+            producer_queue_depth,
+            db_pool_connections,
+            db_pool_max,
+            dependency_up,
         }
     }
 
-    pub fn command_answered(&self, command: CommandTopic, outcome: Outcome) {
-        self.commands
-            .get_or_create(&CommandLabels {
-                command: command_label(command),
-                outcome: match outcome {
-                    Outcome::Confirmed => "confirmed",
-                    Outcome::Failed => "failed",
-                },
-            })
-            .inc();
-    }
-
-    pub fn dead_lettered(&self, topic: &str) {
-        self.dead_letters
-            .get_or_create(&TopicLabel {
-                topic: topic.to_string(),
-            })
-            .inc();
-    }
-
-    pub fn processed(&self, command: CommandTopic, records: usize, elapsed: Duration) {
+    /// Counts a batch whose answers Kafka acknowledged: its outcomes, its dead letters,
+    /// and each record's time from poll to acknowledgement.
+    pub fn batch_done(
+        &self,
+        command: CommandTopic,
+        topic: &str,
+        tally: BatchTally,
+        records: usize,
+        elapsed: Duration,
+    ) {
+        for (outcome, count) in [("confirmed", tally.confirmed), ("failed", tally.failed)] {
+            if count > 0 {
+                self.commands
+                    .get_or_create(&CommandLabels {
+                        command: command_label(command),
+                        outcome,
+                    })
+                    .inc_by(count);
+            }
+        }
+        if tally.dead_lettered > 0 {
+            self.dead_letters
+                .get_or_create(&TopicLabel {
+                    topic: topic.to_string(),
+                })
+                .inc_by(tally.dead_lettered);
+        }
         let histogram = self.processing_seconds.get_or_create(&CommandTypeLabel {
             command: command_label(command),
         });
@@ -214,6 +230,13 @@ impl Metrics {
                 dependency: dependency.to_string(),
             })
             .set(i64::from(up));
+    }
+
+    /// Drops a dependency's series (a check that is no longer made).
+    pub fn forget_dependency(&self, dependency: &str) {
+        self.dependency_up.remove(&DependencyLabel {
+            dependency: dependency.to_string(),
+        });
     }
 
     pub fn batch_retried(&self, topic: &str) {
@@ -232,47 +255,51 @@ impl Metrics {
             .set(count as i64);
     }
 
-    /// Takes the lag of each partition this consumer fetches from its statistics;
-    /// partitions it no longer reports (revoked) lose their gauge.
-    pub fn consumer_statistics(&self, statistics: &Statistics) {
+    /// Takes the lag of the `assigned` partitions of `topic` from a consumer's
+    /// statistics; partitions no longer assigned lose their gauge (librdkafka goes on
+    /// reporting every partition of the topic, with the last offsets it knew).
+    pub fn consumer_statistics(&self, statistics: &Statistics, topic: &str, assigned: &[i32]) {
         let mut current = BTreeSet::new();
-        for (topic, topic_statistics) in &statistics.topics {
-            for (partition, partition_statistics) in &topic_statistics.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a negative lag
-                // means not known yet (no offset or high watermark).
+        if let Some(topic_statistics) = statistics.topics.get(topic) {
+            for partition in assigned {
+                let Some(partition_statistics) = topic_statistics.partitions.get(partition) else {
+                    continue;
+                };
                 // The lag behind the offsets this instance stored, or behind the committed
-                // ones before it stored any (just after an assignment).
+                // ones before it stored any (just after an assignment); negative: not
+                // known yet (no offset or high watermark).
                 let lag = if partition_statistics.consumer_lag_stored >= 0 {
                     partition_statistics.consumer_lag_stored
                 } else {
                     partition_statistics.consumer_lag
                 };
-                if *partition < 0 || lag < 0 {
+                if lag < 0 {
                     continue;
                 }
                 self.consumer_lag
                     .get_or_create(&PartitionLabels {
-                        topic: topic.clone(),
+                        topic: topic.to_string(),
                         partition: *partition,
                     })
                     .set(lag);
-                current.insert((topic.clone(), *partition));
+                current.insert((topic.to_string(), *partition));
             }
         }
         let mut reported = self
             .lag_reported
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let topics: BTreeSet<&String> = statistics.topics.keys().collect();
-        for (topic, partition) in reported.iter() {
-            if topics.contains(topic) && !current.contains(&(topic.clone(), *partition)) {
+        reported.retain(|(reported_topic, partition)| {
+            let stale =
+                reported_topic == topic && !current.contains(&(topic.to_string(), *partition));
+            if stale {
                 self.consumer_lag.remove(&PartitionLabels {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     partition: *partition,
                 });
             }
-        }
-        reported.retain(|(topic, _)| !topics.contains(topic));
+            !stale
+        });
         reported.extend(current);
     }
 
@@ -300,9 +327,19 @@ mod tests {
     #[test]
     fn exposition_names_every_metric() {
         let metrics = Metrics::new();
-        metrics.command_answered(CommandTopic::MoneyTransfer, Outcome::Failed);
-        metrics.dead_lettered("confirm_money_transfer");
-        metrics.processed(CommandTopic::MoneyTransfer, 3, Duration::from_millis(3));
+        let tally = BatchTally {
+            confirmed: 0,
+            failed: 1,
+            dead_lettered: 2,
+        };
+        let topic = "confirm_money_transfer";
+        metrics.batch_done(
+            CommandTopic::MoneyTransfer,
+            topic,
+            tally,
+            3,
+            Duration::from_millis(3),
+        );
         let text = metrics.encode(
             2,
             PoolUsage {
@@ -313,7 +350,7 @@ mod tests {
         );
         for line in [
             r#"command_handler_commands_total{command="money_transfer",outcome="failed"} 1"#,
-            r#"command_handler_dead_letters_total{topic="confirm_money_transfer"} 1"#,
+            r#"command_handler_dead_letters_total{topic="confirm_money_transfer"} 2"#,
             r#"command_handler_processing_seconds_count{command="money_transfer"} 3"#,
             r#"command_handler_processing_seconds_bucket{le="0.004",command="money_transfer"} 3"#,
             "command_handler_producer_queue_depth 2",

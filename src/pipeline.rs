@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::config::Topics;
 use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{BatchTally, Metrics};
 use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
 use crate::rules::AccountCreationOutcome;
 use crate::storage::{self, Database, RecordPosition};
@@ -163,6 +163,35 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
     }
 }
 
+/// When a consumer loop last showed it is not stuck. It beats while polling, while
+/// waiting out a backoff and while waiting for Kafka's acknowledgements, so only a call
+/// that never returns (a statement blocked on a lock forever, a hung connection) lets
+/// it go stale; liveness then fails and the orchestrator restarts the process.
+pub struct Heartbeat {
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    pub fn silent_for(&self) -> Duration {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
 /// Exponential backoff between attempts at the same work, capped, with a log line.
 struct Backoff {
     delay: Duration,
@@ -181,7 +210,13 @@ impl Backoff {
     }
 
     /// Waits before the next attempt; false when shutdown was requested meanwhile.
-    fn wait(&mut self, shutdown: &AtomicBool, what: &str, error: &dyn fmt::Display) -> bool {
+    fn wait(
+        &mut self,
+        shutdown: &AtomicBool,
+        heartbeat: &Heartbeat,
+        what: &str,
+        error: &dyn fmt::Display,
+    ) -> bool {
         self.attempts += 1;
         let level = if self.attempts < 5 {
             log::Level::Warn
@@ -200,6 +235,7 @@ impl Backoff {
             if shutdown.load(Ordering::Acquire) {
                 return false;
             }
+            heartbeat.beat();
             std::thread::sleep(Duration::from_millis(50));
         }
         !shutdown.load(Ordering::Acquire)
@@ -232,6 +268,14 @@ enum Slot {
     DeadLetter(String),
 }
 
+/// A batch applied in the database: what to publish, in record order; the transfers
+/// whose events are in it; what it came to.
+struct Applied {
+    outbound: Vec<Outbound>,
+    with_events: Vec<Uuid>,
+    tally: BatchTally,
+}
+
 /// What became of one record of a batch before the database.
 enum Intake {
     Account(AccountCreationCommand),
@@ -251,6 +295,8 @@ pub struct CommandLoop {
     pub shutdown: Arc<AtomicBool>,
     pub batch_size: usize,
     pub metrics: Arc<Metrics>,
+    /// Shared with the liveness probe.
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl CommandLoop {
@@ -273,6 +319,7 @@ impl CommandLoop {
         self.metrics.batch_retried(self.topic());
         backoff.wait(
             &self.shutdown,
+            &self.heartbeat,
             &format!("{what} of {}", describe_batch(batch)),
             error,
         )
@@ -294,6 +341,7 @@ impl CommandLoop {
 
     fn consume(&self) -> Result<(), Stopped> {
         while !self.shutdown.load(Ordering::Acquire) {
+            self.heartbeat.beat();
             let batch = self.poll_batch();
             if batch.is_empty() {
                 continue;
@@ -302,16 +350,21 @@ impl CommandLoop {
             let Some(intake) = self.intake(&batch) else {
                 return Ok(());
             };
-            let Some((outbound, with_events)) = self.apply(&batch, intake) else {
+            let Some(applied) = self.apply(&batch, intake) else {
                 return Ok(());
             };
-            if !self.publish(&batch, outbound)? {
+            if !self.publish(&batch, applied.outbound)? {
                 return Ok(());
             }
-            self.forget_published(&with_events);
+            self.metrics.batch_done(
+                self.kind,
+                self.topic(),
+                applied.tally,
+                batch.len(),
+                polled_at.elapsed(),
+            );
+            self.forget_published(&applied.with_events);
             self.store_offsets(&batch);
-            self.metrics
-                .processed(self.kind, batch.len(), polled_at.elapsed());
         }
         Ok(())
     }
@@ -410,11 +463,7 @@ impl CommandLoop {
 
     /// Applies the commands in one transaction (retried until it commits) and lists
     /// what to publish, in record order, and the transfers whose events are in it.
-    fn apply(
-        &self,
-        batch: &[OwnedMessage],
-        intake: Vec<Intake>,
-    ) -> Option<(Vec<Outbound>, Vec<Uuid>)> {
+    fn apply(&self, batch: &[OwnedMessage], intake: Vec<Intake>) -> Option<Applied> {
         // The commands move into the database's batches; the slots keep record order.
         let (mut accounts, mut transfers) = (Vec::new(), Vec::new());
         let slots: Vec<Slot> = intake
@@ -467,6 +516,7 @@ impl CommandLoop {
 
         let mut outbound = Vec::with_capacity(batch.len() * 2);
         let mut with_events = Vec::new();
+        let mut tally = BatchTally::default();
         for (message, slot) in batch.iter().zip(slots) {
             let key = message.key().map(<[u8]>::to_vec);
             match slot {
@@ -478,18 +528,15 @@ impl CommandLoop {
                         message.offset(),
                         printable_key(message.key()),
                     );
-                    self.metrics.dead_lettered(message.topic());
+                    tally.dead_lettered += 1;
                     outbound.push(self.dead_letter(message, &reason));
                 }
                 Slot::Account(id) => {
                     let answer = account_answers.next().expect("one answer per command");
-                    self.metrics.command_answered(
-                        self.kind,
-                        match answer {
-                            AccountCreationOutcome::Confirmed { .. } => Outcome::Confirmed,
-                            AccountCreationOutcome::Failed { .. } => Outcome::Failed,
-                        },
-                    );
+                    match answer {
+                        AccountCreationOutcome::Confirmed { .. } => tally.confirmed += 1,
+                        AccountCreationOutcome::Failed { .. } => tally.failed += 1,
+                    }
                     debug!(
                         "{}/{}@{} command {id}: account creation: {answer:?}",
                         message.topic(),
@@ -504,13 +551,10 @@ impl CommandLoop {
                 }
                 Slot::Transfer(id) => {
                     let answer = transfer_answers.next().expect("one answer per command");
-                    self.metrics.command_answered(
-                        self.kind,
-                        match answer.failure {
-                            None => Outcome::Confirmed,
-                            Some(_) => Outcome::Failed,
-                        },
-                    );
+                    match answer.failure {
+                        None => tally.confirmed += 1,
+                        Some(_) => tally.failed += 1,
+                    }
                     debug!(
                         "{}/{}@{} command {id}: money transfer: {answer:?}",
                         message.topic(),
@@ -535,7 +579,11 @@ impl CommandLoop {
                 }
             }
         }
-        Some((outbound, with_events))
+        Some(Applied {
+            outbound,
+            with_events,
+            tally,
+        })
     }
 
     /// Deletes the recorded events of a published batch. Best effort: if it fails, a
@@ -631,6 +679,7 @@ impl CommandLoop {
         const GRACE: Duration = Duration::from_secs(15);
         let mut shutdown_seen: Option<Instant> = None;
         loop {
+            self.heartbeat.beat();
             match acknowledged.recv_timeout(Duration::from_millis(200)) {
                 Ok(result) => return Some(result),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -676,7 +725,7 @@ impl CommandLoop {
         if let Err(error) = self.consumer.store_offsets(&offsets) {
             info!(
                 "offsets of {} not stored (partition revoked?): {error}",
-                self.topic()
+                describe_batch(batch)
             );
         }
     }

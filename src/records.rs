@@ -19,10 +19,9 @@ use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{RawError, SubjectNameStrategy};
 use serde::Deserialize;
-
-use crate::config::RegistryCredentials;
 use uuid::Uuid;
 
+use crate::config::RegistryCredentials;
 use crate::rules::{AccountType, BalanceChange, Transfer};
 
 pub const NAMESPACE: &str = "nl.openweb.data";

@@ -119,6 +119,14 @@ fn health_and_metrics_are_served_and_move_with_the_work() {
         scraped.content_type
     );
     assert!(scraped.body.ends_with("# EOF\n"), "a complete exposition");
+    assert_eq!(
+        sample(
+            &scraped.body,
+            r#"command_handler_dependency_up{dependency="kafka"}"#
+        ),
+        None,
+        "the start-up check's series is gone once the clients exist"
+    );
     let in_use = sample(
         &scraped.body,
         r#"command_handler_db_pool_connections{state="in_use"}"#,
@@ -237,6 +245,14 @@ fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
     let wrong_secret = "wrong-registry-secret";
     let mut with_wrong_secret = with_key.to_vec();
     with_wrong_secret[2].1 = wrong_secret;
+    // Credentials may also come in the URL.
+    let in_url = |secret: &str| {
+        registry
+            .url
+            .replacen("http://", &format!("http://{}:{secret}@", registry.key), 1)
+    };
+    let (reached, report) = check(&env, &[("SCHEMA_REGISTRY_URL", &in_url(&registry.secret))]);
+    assert!(reached, "{report}");
 
     let (reached, report) = check(&env, &with_wrong_secret);
     assert!(!reached, "{report}");
@@ -246,8 +262,20 @@ fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
     assert!(reached, "{report}");
 
     // A handler with the wrong secret cannot read the commands' schemas: it retries and
-    // neither answers nor dead-letters.
-    let refused = env.start_handler(&with_wrong_secret);
+    // neither answers nor dead-letters. Its readiness report says why, without the secret.
+    let wrong_url = in_url(wrong_secret);
+    let mut refused_vars = HTTP.to_vec();
+    refused_vars.push(("SCHEMA_REGISTRY_URL", &wrong_url));
+    let refused = env.start_handler(&refused_vars);
+    let readiness = format!(
+        "http://{}/health/ready",
+        env.handler(refused).http_address()
+    );
+    let reply = http_until(&readiness, "the registry check failing", |r| {
+        r.body.contains(r#""schema_registry":{"detail""#) && r.status == 503
+    });
+    assert!(reply.body.contains("401"), "{}", reply.body);
+    assert!(!reply.body.contains(wrong_secret), "{}", reply.body);
     let command = TransferCmd::new("", 7, "cash", BANK_IBAN);
     env.send_transfer(&command);
     env.flush();
@@ -308,5 +336,39 @@ fn liveness_answers_while_start_up_waits_for_the_database() {
         "{report}"
     );
     assert_eq!(http("GET", &format!("{base}/metrics")).status, 200);
+    env.handler(handler).stop_cleanly();
+}
+
+#[test]
+fn liveness_fails_while_a_loop_is_stuck_and_recovers() {
+    let mut env = TestEnv::with_partitions("stall", 1);
+    let mut vars = HTTP.to_vec();
+    vars.push(("HTTP_LIVENESS_STALL_SECONDS", "2"));
+    let handler = env.start_handler(&vars);
+    let live = format!("http://{}/health/live", env.handler(handler).http_address());
+    let (iban, _) = env.open_account();
+
+    // A lock the handler's transaction waits on for as long as the test holds it.
+    let mut blocker = env.db();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut blocker,
+        "BEGIN; LOCK TABLE balance IN ACCESS EXCLUSIVE MODE",
+    )
+    .unwrap();
+    let command = TransferCmd::new("", 3, "cash", &iban);
+    env.send_transfer(&command);
+    env.flush();
+    let stuck = http_until(&live, "liveness failing", |r| r.status == 503);
+    assert!(stuck.body.contains(&env.topics.cmt), "{}", stuck.body);
+
+    // Released, the loop goes on: the command is answered and liveness recovers.
+    diesel::connection::SimpleConnection::batch_execute(&mut blocker, "ROLLBACK").unwrap();
+    let answer = env.await_answer(command.id);
+    assert!(
+        answer.record_name().ends_with("MoneyTransferConfirmed"),
+        "{}",
+        answer.summary()
+    );
+    http_until(&live, "liveness back", |r| r.status == 200);
     env.handler(handler).stop_cleanly();
 }

@@ -5,7 +5,8 @@ command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
 ConfirmMoneyTransfer commands from Kafka, applies them exactly once in PostgreSQL,
 and answers on Kafka. Configured by environment variables (see README.md):
 KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DATABASE_URL or DB_HOSTNAME/DB_PORT/DB_PASSWORD,
-KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, RDKAFKA_*, RUST_LOG, LOG_FORMAT, ...
+KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, KAFKA_SASL_*, SCHEMA_REGISTRY_API_KEY/SECRET,
+RDKAFKA_*, HTTP_PORT (health and metrics), RUST_LOG, LOG_FORMAT, ...
 
 usage:
   command-handler             run until SIGTERM or SIGINT

@@ -45,6 +45,13 @@ fn variants(quick: bool) -> Vec<Variant> {
             saturation_commands: saturation,
         },
         Variant {
+            name: "http-on",
+            description: "as shipped, with health and metrics served (HTTP_PORT) and probed every 5 s",
+            handler_env: vec![("HTTP_PORT", "0"), ("HTTP_BIND_ADDRESS", "127.0.0.1")],
+            steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
+            saturation_commands: saturation / 2,
+        },
+        Variant {
             name: "linger-5",
             description: "producer linger 5 ms, librdkafka's default",
             handler_env: vec![("KAFKA_LINGER_MS", "5")],

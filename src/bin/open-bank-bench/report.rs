@@ -386,6 +386,27 @@ impl Report {
                 d.p99_ms
             );
         }
+        if let Some(http) = find("http-on") {
+            let _ = writeln!(
+                md,
+                "- idle RSS, health and metrics served ÷ not: {:.2}× ({:.1} MiB vs {:.1} MiB)",
+                http.idle.rss_mib_avg / default.idle.rss_mib_avg,
+                http.idle.rss_mib_avg,
+                default.idle.rss_mib_avg
+            );
+            if let (Some(d), Some(h)) = (default.at(1000), http.at(1000)) {
+                let _ = writeln!(
+                    md,
+                    "- at 1000/s, health and metrics served ÷ not: CPU {:.2}× ({:.0}% vs {:.0}%), p99 {:.2}× ({:.1} ms vs {:.1} ms)",
+                    h.cpu_percent_avg / d.cpu_percent_avg,
+                    h.cpu_percent_avg,
+                    d.cpu_percent_avg,
+                    h.p99_ms / d.p99_ms,
+                    h.p99_ms,
+                    d.p99_ms
+                );
+            }
+        }
         if let (Some(d), Some(s)) = (
             &default.saturation,
             single.and_then(|s| s.saturation.as_ref()),

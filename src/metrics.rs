@@ -5,7 +5,7 @@
 //! Recording is a few atomic operations, so the metrics are always kept, also when no
 //! HTTP port is configured.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -87,8 +87,9 @@ pub struct Metrics {
     batch_retries: Family<TopicLabel, Counter>,
     assigned_partitions: Family<TopicLabel, Gauge>,
     consumer_lag: Family<PartitionLabels, Gauge>,
-    /// Partitions with a lag gauge, so that those no longer assigned lose theirs.
-    lag_reported: Mutex<BTreeSet<(String, i32)>>,
+    /// The partitions with a lag gauge, by topic, so that those no longer assigned
+    /// lose theirs.
+    lag_reported: Mutex<BTreeMap<String, BTreeSet<i32>>>,
     producer_queue_depth: Gauge,
     db_pool_connections: Family<PoolStateLabel, Gauge>,
     db_pool_max: Gauge,
@@ -181,7 +182,7 @@ impl Metrics {
             batch_retries,
             assigned_partitions,
             consumer_lag,
-            lag_reported: Mutex::new(BTreeSet::new()),
+            lag_reported: Mutex::new(BTreeMap::new()),
             producer_queue_depth,
             db_pool_connections,
             db_pool_max,
@@ -259,48 +260,39 @@ impl Metrics {
     /// statistics; partitions no longer assigned lose their gauge (librdkafka goes on
     /// reporting every partition of the topic, with the last offsets it knew).
     pub fn consumer_statistics(&self, statistics: &Statistics, topic: &str, assigned: &[i32]) {
+        let labels = |partition: i32| PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        };
+        let partitions = statistics.topics.get(topic).map(|t| &t.partitions);
         let mut current = BTreeSet::new();
-        if let Some(topic_statistics) = statistics.topics.get(topic) {
-            for partition in assigned {
-                let Some(partition_statistics) = topic_statistics.partitions.get(partition) else {
-                    continue;
-                };
-                // The lag behind the offsets this instance stored, or behind the committed
-                // ones before it stored any (just after an assignment); negative: not
-                // known yet (no offset or high watermark).
-                let lag = if partition_statistics.consumer_lag_stored >= 0 {
-                    partition_statistics.consumer_lag_stored
-                } else {
-                    partition_statistics.consumer_lag
-                };
-                if lag < 0 {
-                    continue;
-                }
+        for partition in assigned {
+            let Some(stats) = partitions.and_then(|p| p.get(partition)) else {
+                continue;
+            };
+            // The lag behind the offsets this instance stored, or behind the committed
+            // ones before it stored any (just after an assignment); negative: not known
+            // yet (no offset or high watermark).
+            let lag = if stats.consumer_lag_stored >= 0 {
+                stats.consumer_lag_stored
+            } else {
+                stats.consumer_lag
+            };
+            if lag >= 0 {
                 self.consumer_lag
-                    .get_or_create(&PartitionLabels {
-                        topic: topic.to_string(),
-                        partition: *partition,
-                    })
+                    .get_or_create(&labels(*partition))
                     .set(lag);
-                current.insert((topic.to_string(), *partition));
+                current.insert(*partition);
             }
         }
         let mut reported = self
             .lag_reported
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        reported.retain(|(reported_topic, partition)| {
-            let stale =
-                reported_topic == topic && !current.contains(&(topic.to_string(), *partition));
-            if stale {
-                self.consumer_lag.remove(&PartitionLabels {
-                    topic: topic.to_string(),
-                    partition: *partition,
-                });
-            }
-            !stale
-        });
-        reported.extend(current);
+        let previous = reported.insert(topic.to_string(), current.clone());
+        for gone in previous.unwrap_or_default().difference(&current) {
+            self.consumer_lag.remove(&labels(*gone));
+        }
     }
 
     /// The exposition, with the gauges read at scrape time set first.

@@ -538,17 +538,37 @@ impl TestEnv {
         .collect()
     }
 
-    /// Starts a handler process with this test's environment plus `overrides`.
-    pub fn start_handler(&mut self, overrides: &[(&str, &str)]) -> usize {
+    /// This test's handler environment with `overrides` replacing or adding variables.
+    pub fn handler_env_with(&self, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars = self.handler_env();
         for (key, value) in overrides {
             vars.retain(|(k, _)| k != key);
             vars.push((key.to_string(), value.to_string()));
         }
+        vars
+    }
+
+    /// Starts a handler process with this test's environment plus `overrides`.
+    pub fn start_handler(&mut self, overrides: &[(&str, &str)]) -> usize {
+        let vars = self.handler_env_with(overrides);
         let index = self.handlers.len();
         self.handlers
             .push(Handler::start(&format!("{}-{index}", self.name), &vars));
         index
+    }
+
+    /// Runs `command-handler check` with this test's environment plus `overrides`:
+    /// its exit status, and its stdout and stderr together.
+    pub fn run_check(&self, overrides: &[(&str, &str)]) -> (ExitStatus, String) {
+        let output = Command::new(Handler::binary())
+            .arg("check")
+            .env_clear()
+            .envs(self.handler_env_with(overrides))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} check: {e}", Handler::binary()));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status, text)
     }
 
     pub fn handler(&mut self, index: usize) -> &mut Handler {

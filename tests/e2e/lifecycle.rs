@@ -260,24 +260,7 @@ fn mutual_tls_to_kafka_with_secrets_kept_out_of_the_logs() {
 #[test]
 fn check_reaches_every_dependency_and_exits_by_the_verdict() {
     let env = TestEnv::new("check");
-    let check = |overrides: &[(&str, &str)]| {
-        let mut vars = env.handler_env();
-        for (key, value) in overrides {
-            vars.retain(|(k, _)| k != key);
-            vars.push((key.to_string(), value.to_string()));
-        }
-        let output = Command::new(Handler::binary())
-            .env_clear()
-            .envs(vars)
-            .arg("check")
-            .output()
-            .unwrap();
-        (
-            output.status,
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    };
+    let check = |overrides: &[(&str, &str)]| env.run_check(overrides);
 
     let (status, report) = check(&[]);
     assert!(status.success(), "{report}");

@@ -1,8 +1,6 @@
 //! Running it as operators do: health and metrics over HTTP, record lines in the log,
 //! SASL over TLS, and Schema Registry basic authentication.
 
-use std::process::Command;
-
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -152,25 +150,10 @@ fn health_and_metrics_are_served_and_move_with_the_work() {
     env.handler(handler).stop_cleanly();
 }
 
-/// Runs `command-handler check` with this test's environment plus `overrides`.
+/// `command-handler check`: whether every dependency was reached, and the report.
 fn check(env: &TestEnv, overrides: &[(&str, &str)]) -> (bool, String) {
-    let mut vars = env.handler_env();
-    for (key, value) in overrides {
-        vars.retain(|(k, _)| k != key);
-        vars.push((key.to_string(), value.to_string()));
-    }
-    let output = Command::new(Handler::binary())
-        .arg("check")
-        .env_clear()
-        .envs(vars)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let (status, report) = env.run_check(overrides);
+    (status.success(), report)
 }
 
 /// The handler does its work over the SASL_SSL listener with `mechanism`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value;
 use open_bank_command_handler::config::Config;
 use rdkafka::ClientConfig;
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -74,20 +74,27 @@ fn play(config: Config) {
         .set("bootstrap.servers", &config.kafka_brokers)
         .create()
         .expect("producer");
+    // The reader must see the answers to the commands it is about to send. A group
+    // subscription with `auto.offset.reset=latest` resolves "latest" only after the
+    // assignment, asynchronously: on a broker still loading its coordinator an answer
+    // can land before that and be skipped. So the positions are fixed first: the end
+    // offset of every partition, read now and assigned explicitly.
     let answers: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_brokers)
         .set("group.id", format!("scenario-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let t = &config.topics;
-    answers
-        .subscribe(&[
+    let positions = end_offsets(
+        &answers,
+        &[
             &t.account_creation_feedback,
             &t.money_transfer_feedback,
             &t.balance_changed,
-        ])
-        .expect("subscribe");
+        ],
+    );
+    answers.assign(&positions).expect("assign answer topics");
     let mut client = Client {
         producer,
         answers,
@@ -96,7 +103,6 @@ fn play(config: Config) {
         events: Vec::new(),
         config,
     };
-    client.wait_for_assignment();
 
     println!("\n== opening two accounts");
     let (alice, alice_token) = client.open_account("Alice");
@@ -125,17 +131,6 @@ fn play(config: Config) {
 }
 
 impl Client {
-    fn wait_for_assignment(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.answers.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no partitions assigned to the scenario's consumer"
-            );
-            self.answers.poll(Duration::from_millis(100));
-        }
-    }
-
     fn send(&self, topic: &str, record: &str, schema: &str, id: Uuid, fields: Vec<(&str, Value)>) {
         let strategy = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
             topic.to_string(),
@@ -237,6 +232,41 @@ impl Client {
             cents(&Value::Long(amount))
         );
     }
+}
+
+/// Every partition of `topics` at its current end offset (its high watermark). Just
+/// after the topics were made, a partition may have no leader yet: asked again until
+/// it answers, within a minute.
+fn end_offsets(consumer: &BaseConsumer, topics: &[&String]) -> TopicPartitionList {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let retry = |what: &str, error: rdkafka::error::KafkaError| {
+        assert!(Instant::now() < deadline, "{what}: {error}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut positions = TopicPartitionList::new();
+    for topic in topics {
+        let partitions = loop {
+            match consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(5)) {
+                Ok(metadata) if !metadata.topics()[0].partitions().is_empty() => {
+                    break metadata.topics()[0].partitions().len() as i32;
+                }
+                Ok(_) => retry(&format!("partitions of {topic}"), rdkafka::error::KafkaError::NoMessageReceived),
+                Err(error) => retry(&format!("metadata of {topic}"), error),
+            }
+        };
+        for partition in 0..partitions {
+            let high = loop {
+                match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                    Ok((_, high)) => break high,
+                    Err(error) => retry(&format!("end offset of {topic}/{partition}"), error),
+                }
+            };
+            positions
+                .add_partition_offset(topic, partition, Offset::Offset(high))
+                .expect("add partition");
+        }
+    }
+    positions
 }
 
 fn text(value: &Value) -> String {

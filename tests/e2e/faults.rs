@@ -85,8 +85,10 @@ fn check_invariants(
     }
     let bc = env.topics.bc.clone();
     let total: usize = wanted_events.values().sum();
-    env.collect_until("the events of every confirmed transfer", |o| {
-        o.iter().filter(|o| o.topic == bc).count() >= total
+    let mut events_read = 0;
+    env.collect_counting("the events of every confirmed transfer", |_, new| {
+        events_read += new.iter().filter(|o| o.topic == bc).count();
+        events_read >= total
     });
     env.collect_for(Duration::from_secs(1));
     let mut seen: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();

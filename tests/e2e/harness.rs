@@ -396,6 +396,9 @@ pub struct TestEnv {
     collector: BaseConsumer,
     schema_cache: HashMap<u32, Schema>,
     outputs: Vec<Output>,
+    /// Positions in `outputs` of the feedback records answering each command id, kept
+    /// as records are read so that looking an answer up never scans what was read.
+    answer_positions: HashMap<Uuid, Vec<usize>>,
     last_read_error: Option<String>,
     read_errors: usize,
     command_schema_ids: HashMap<&'static str, u32>,
@@ -474,6 +477,7 @@ impl TestEnv {
             collector,
             schema_cache: HashMap::new(),
             outputs: Vec::new(),
+            answer_positions: HashMap::new(),
             last_read_error: None,
             read_errors: 0,
             command_schema_ids: HashMap::new(),
@@ -663,10 +667,26 @@ impl TestEnv {
     // ------------------------------------------------------------------ answers
 
     /// Reads output until `done` holds for everything read so far, or fails the test
-    /// at the deadline showing what was read.
+    /// at the deadline showing what was read. `done` runs once per round of reading
+    /// (everything available is read first), not once per record; waits over many
+    /// records use [`TestEnv::collect_counting`], which looks at each record once.
     pub fn collect_until(&mut self, what: &str, done: impl Fn(&[Output]) -> bool) -> &[Output] {
+        self.collect_counting(what, |all, _new| done(all));
+        &self.outputs
+    }
+
+    /// Reads output until `done` holds, or fails the test at the deadline showing what
+    /// was read. `done` gets everything read so far and, separately, only what this
+    /// round read, so a wait can keep its own count and stay linear in the records.
+    pub fn collect_counting(&mut self, what: &str, mut done: impl FnMut(&[Output], &[Output]) -> bool) {
         let deadline = Instant::now() + WAIT;
-        while !done(&self.outputs) {
+        let mut checked = 0;
+        loop {
+            let (all, new) = (&self.outputs[..], &self.outputs[checked..]);
+            if done(all, new) {
+                return;
+            }
+            checked = self.outputs.len();
             if Instant::now() > deadline {
                 let seen: Vec<String> = self
                     .outputs
@@ -680,16 +700,28 @@ impl TestEnv {
                     self.read_positions()
                 );
             }
-            self.poll_outputs(Duration::from_millis(100));
+            self.read_available(Duration::from_millis(100));
         }
-        &self.outputs
+    }
+
+    /// Waits up to `timeout` for one record, then reads, without waiting, whatever else
+    /// is there (up to a bound, so that the caller's checks and deadline still run).
+    fn read_available(&mut self, timeout: Duration) {
+        if !self.poll_outputs(timeout) {
+            return;
+        }
+        for _ in 0..10_000 {
+            if !self.poll_outputs(Duration::ZERO) {
+                return;
+            }
+        }
     }
 
     /// Reads whatever arrives during `quiet` (to check that nothing more comes).
     pub fn collect_for(&mut self, quiet: Duration) -> &[Output] {
         let until = Instant::now() + quiet;
         while Instant::now() < until {
-            self.poll_outputs(Duration::from_millis(100));
+            self.read_available(Duration::from_millis(100));
         }
         &self.outputs
     }
@@ -700,14 +732,14 @@ impl TestEnv {
             "{} read errors, the last: {:?}\nread positions (last offset read / high watermark):",
             self.read_errors, self.last_read_error
         )];
+        let mut last_read: HashMap<(&str, i32), i64> = HashMap::new();
+        for output in &self.outputs {
+            let last = last_read.entry((&output.topic, output.partition)).or_default();
+            *last = (*last).max(output.offset);
+        }
         for topic in self.topics.outputs() {
             for partition in 0..self.partitions {
-                let read = self
-                    .outputs
-                    .iter()
-                    .filter(|o| &o.topic == topic && o.partition == partition)
-                    .map(|o| o.offset)
-                    .max();
+                let read = last_read.get(&(topic.as_str(), partition));
                 let high = self
                     .collector
                     .fetch_watermarks(topic, partition, Duration::from_secs(5))
@@ -718,9 +750,10 @@ impl TestEnv {
         lines.join("\n")
     }
 
-    fn poll_outputs(&mut self, timeout: Duration) {
+    /// Reads one record, if one comes within `timeout`; false if none came.
+    fn poll_outputs(&mut self, timeout: Duration) -> bool {
         let Some(result) = self.collector.poll(timeout) else {
-            return;
+            return false;
         };
         // The broker may be away (outage tests): try again on the next poll.
         let message = match result {
@@ -728,7 +761,7 @@ impl TestEnv {
             Err(error) => {
                 self.read_errors += 1;
                 self.last_read_error = Some(error.to_string());
-                return;
+                return false;
             }
         };
         let headers = message
@@ -756,7 +789,14 @@ impl TestEnv {
             output.schema_id = Some(schema_id);
             output.record = Some(record);
         }
+        if output.topic == self.topics.acf || output.topic == self.topics.mtf {
+            self.answer_positions
+                .entry(output.id())
+                .or_default()
+                .push(self.outputs.len());
+        }
         self.outputs.push(output);
+        true
     }
 
     /// Decodes the Confluent wire format by hand.
@@ -796,24 +836,22 @@ impl TestEnv {
 
     /// Feedback records (on either feedback topic) answering this command id.
     pub fn answers_to(&self, id: Uuid) -> Vec<&Output> {
-        self.outputs
-            .iter()
-            .filter(|o| (o.topic == self.topics.acf || o.topic == self.topics.mtf) && o.id() == id)
-            .collect()
+        self.answer_positions
+            .get(&id)
+            .map(|positions| positions.iter().map(|&i| &self.outputs[i]).collect())
+            .unwrap_or_default()
     }
 
     /// Waits for at least one answer to each id; the first answer of each.
     pub fn await_answers(&mut self, ids: &[Uuid]) -> Vec<Output> {
         let (acf, mtf) = (self.topics.acf.clone(), self.topics.mtf.clone());
-        let wanted: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
-        self.collect_until(&format!("answers to {} commands", ids.len()), |outputs| {
-            let answered: std::collections::HashSet<Uuid> = outputs
-                .iter()
-                .filter(|o| o.topic == acf || o.topic == mtf)
-                .map(Output::id)
-                .filter(|id| wanted.contains(id))
-                .collect();
-            answered.len() == wanted.len()
+        // Ids still waiting for an answer; each record read is looked at once.
+        let mut waiting: std::collections::HashSet<Uuid> = ids.iter().copied().collect();
+        self.collect_counting(&format!("answers to {} commands", ids.len()), |_, new| {
+            for output in new.iter().filter(|o| o.topic == acf || o.topic == mtf) {
+                waiting.remove(&output.id());
+            }
+            waiting.is_empty()
         });
         ids.iter()
             .map(|id| self.answers_to(*id)[0].clone())

@@ -1,68 +1,57 @@
-# The command handler in a small Alpine (musl) runtime image, non-root.
+# The command handler in a FROM-scratch runtime image: the binary, exactly the shared
+# libraries it links (glibc, OpenSSL, zlib, libgcc_s of Debian bookworm), the CA
+# certificates and a non-root user (uid 10001). No shell, no package manager.
 #   docker build -t open-bank/command-handler-rust:local .
-# Not built by CI (there is no Docker engine there): dev/lint-containers lints this file
-# (hadolint) and dev/test runs that; dev/stack runs the same binary locally, unboxed.
 #
-# Expected size, about 15 MB: alpine 3.23 is ~8.5 MB and already carries the musl libc,
-# OpenSSL (libssl3, libcrypto3) and zlib the binary links to; ca-certificates and libgcc
-# add under 1 MB; the stripped release binary is ~6 MB (5.9 MB for the glibc build:
-# opt-level "s", fat LTO, panic=abort, librdkafka and libpq compiled in statically).
-#
-# Builder and runtime must be the same Alpine release: the binary links dynamically to
-# that release's OpenSSL and zlib. Change ALPINE_VERSION, never one FROM alone.
+# Three stages:
+# - build: compiles the release binary on Debian bookworm and collects the runtime
+#   root filesystem with dev/image/make-rootfs (binary + `ldd` libraries + CA + user);
+# - rootfs: that root filesystem alone;
+# - runtime: the image, made only from `rootfs`.
+# dev/test builds the runtime stage here with podman from a root filesystem that the same
+# script makes from the binary built on that machine (also Debian bookworm), passed as
+# `--build-context rootfs=DIR`: the runtime stage it builds and runs is this one.
 ARG RUST_VERSION=1.95
-ARG ALPINE_VERSION=3.23
 
-FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS build
-# What the C parts of the dependency tree need on musl:
-# - build-base (gcc, g++, make, musl-dev) and bash: rdkafka-sys runs librdkafka's own
-#   configure script (mklove, a bash script) and make; pq-sys "bundled" compiles libpq
-#   with the cc crate. linux-headers: kernel headers, which librdkafka's own Alpine
-#   packaging installs too.
-# - openssl-dev, zlib-dev, pkgconf: headers and link libraries for openssl-sys (rdkafka
-#   "ssl", libpq, native-tls for the registry) and libz-sys (rdkafka "libz"), found
-#   through pkg-config by openssl-sys, libz-sys and librdkafka's configure alike.
-# No cmake (rdkafka-sys is built without "cmake-build") and no perl (only a vendored
-# OpenSSL build needs it; OpenSSL comes from Alpine here).
-# Package versions are not pinned (DL3018): Alpine removes superseded package versions
-# from its repositories, so pins break the build; the image tags pin the release.
-# hadolint ignore=DL3018
-RUN apk add --no-cache bash build-base linux-headers openssl-dev pkgconf zlib-dev
-# Link dynamically against Alpine's musl, OpenSSL and zlib rather than the musl target's
-# default fully static (crt-static) linking: one well-trodden link path (no static
-# OpenSSL or zlib archives to force through openssl-sys and libz-sys), OpenSSL taken
-# from the runtime image so `apk upgrade` or a base image rebuild patches it, and its
-# built-in CA paths (/etc/ssl) are Alpine's own. The image grows by libgcc only, since
-# alpine already ships libssl3, libcrypto3 and zlib.
-ENV RUSTFLAGS="-C target-feature=-crt-static"
+FROM rust:${RUST_VERSION}-bookworm AS build
+# The rust image (buildpack-deps) already has what the C parts of the dependency tree
+# need: gcc and make for librdkafka (rdkafka-sys runs its configure script, in bash)
+# and the bundled libpq, the OpenSSL and zlib headers. No cmake, no perl.
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+# The workspace's other members (scenario, benchmark) are not built, but cargo reads
+# their manifests.
+COPY bench/Cargo.toml bench/Cargo.toml
+COPY bench/src bench/src
+COPY dev/scenario dev/scenario
+COPY dev/image/make-rootfs dev/image/make-rootfs
 # BuildKit cache mounts (Docker 23+ builds with BuildKit by default) keep the crates and
-# compiled dependencies between builds; the binary is copied out of the cached target.
+# compiled dependencies between builds; the root filesystem is made from the cached target.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin command-handler \
- && cp target/release/command-handler /usr/local/bin/command-handler
+    cargo build --release --locked -p open-bank-command-handler \
+ && dev/image/make-rootfs target/release/command-handler /rootfs
 
-FROM alpine:${ALPINE_VERSION}
-# Only the binary's runtime needs: libssl3 + libcrypto3 (Kafka TLS, registry HTTPS,
-# PostgreSQL TLS), zlib (Kafka compression), libgcc (libgcc_s, which Rust's standard
-# library links on musl when not static), ca-certificates (TLS without an explicit CA).
-# hadolint ignore=DL3018
-RUN apk add --no-cache ca-certificates libgcc libssl3 zlib \
- && addgroup -S -g 10001 handler \
- && adduser -S -D -H -u 10001 -G handler -s /sbin/nologin handler
-COPY --from=build /usr/local/bin/command-handler /usr/local/bin/command-handler
-USER 10001
+FROM scratch AS rootfs
+COPY --from=build /rootfs/ /
+
+FROM scratch AS runtime
+# The `rootfs` stage is nothing but the image's files, made to be copied whole (and
+# replaced by dev/test's own, made the same way).
+# hadolint ignore=DL3067
+COPY --from=rootfs / /
+USER 10001:10001
+# OpenSSL's default CA file under Debian's paths is a link the image does not carry;
+# this names the bundle itself (Kafka TLS without KAFKA_SSL_CA_LOCATION, registry HTTPS).
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 # HTTP_PORT turns on /health/live, /health/ready and /metrics (on HTTP_BIND_ADDRESS,
-# default 0.0.0.0). The health check follows HTTP_PORT at run time (hence the shell);
-# busybox wget exits 1 on an HTTP error status or no answer.
+# default 0.0.0.0); the health check asks /health/live through the binary itself.
 ENV HTTP_PORT=8080
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["/bin/sh", "-c", "wget -q -T 3 -O /dev/null http://127.0.0.1:${HTTP_PORT}/health/live"]
+    CMD ["/usr/local/bin/command-handler", "health"]
 # SIGTERM stops consuming, finishes the batch in flight, commits offsets and exits 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/command-handler"]

@@ -12,12 +12,14 @@
 //! - [`pipeline`]: the consumer loops and the producer thread (delivery guarantee);
 //! - [`metrics`] and [`http`]: Prometheus metrics, health and readiness over HTTP;
 //! - [`app`]: wiring and shutdown;
-//! - [`check`]: the `check` command's report.
+//! - [`check`]: the `check` command's report;
+//! - [`health_check`]: the `health` command, the container image's health check.
 
 pub mod app;
 pub mod check;
 pub mod config;
 pub mod handler;
+pub mod health_check;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

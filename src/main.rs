@@ -1,4 +1,4 @@
-use open_bank_command_handler::{app, check, config::Config};
+use open_bank_command_handler::{app, check, config::Config, health_check};
 
 const USAGE: &str = "\
 command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
@@ -12,6 +12,10 @@ usage:
   command-handler             run until SIGTERM or SIGINT
   command-handler check       validate the configuration, reach every dependency,
                               print a report; exit 0 when all were reached
+  command-handler health [live|ready]
+                              ask the running handler's /health/live (default) or
+                              /health/ready on HTTP_PORT; exit 0 when it answers 200
+                              (the container image's health check)
   command-handler --help      this text
   command-handler --version   the version
 ";
@@ -26,6 +30,20 @@ fn main() {
         Some("--version" | "-V") => {
             println!("command-handler {}", env!("CARGO_PKG_VERSION"));
             return;
+        }
+        Some("health") => {
+            let Some(probe) = health_check::Probe::parse(std::env::args().nth(2).as_deref()) else {
+                eprint!("command-handler: health takes live or ready\n\n{USAGE}");
+                std::process::exit(2);
+            };
+            let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e.to_string()));
+            match health_check::probe(&config, probe) {
+                Ok(()) => return,
+                Err(why) => {
+                    eprintln!("command-handler health: {why}");
+                    std::process::exit(1);
+                }
+            }
         }
         None | Some("check") => {}
         Some(other) => {

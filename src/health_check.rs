@@ -1,0 +1,109 @@
+//! `command-handler health [live|ready]`: the container image's health check. The
+//! runtime image has no shell and no curl, so the binary asks its own running
+//! instance: `/health/live` by default (the image's HEALTHCHECK), `/health/ready` on
+//! request (the compose files).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Which endpoint the `health` command asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Live,
+    Ready,
+}
+
+impl Probe {
+    pub fn parse(argument: Option<&str>) -> Option<Probe> {
+        match argument {
+            None | Some("live") => Some(Probe::Live),
+            Some("ready") => Some(Probe::Ready),
+            Some(_) => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Probe::Live => "/health/live",
+            Probe::Ready => "/health/ready",
+        }
+    }
+}
+
+/// Asks the running handler's health endpoint on this host; Ok when it answers 200.
+/// The address follows `HTTP_PORT` and `HTTP_BIND_ADDRESS`, as the handler's own.
+pub fn probe(config: &Config, probe: Probe) -> Result<(), String> {
+    let Some(mut address) = config.http_address else {
+        return Err("HTTP_PORT is not set: the handler serves no health endpoint".into());
+    };
+    if address.port() == 0 {
+        return Err("HTTP_PORT is 0 (a free port chosen at start): nothing to probe".into());
+    }
+    // Bound to every address: ask on loopback.
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let url = format!("http://{address}{}", probe.path());
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let response = client.get(&url).send().map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        let body = response.text().unwrap_or_default();
+        Err(format!("{url} answered {status}: {}", body.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn live_by_default_ready_on_request_nothing_else() {
+        assert_eq!(Probe::parse(None), Some(Probe::Live));
+        assert_eq!(Probe::parse(Some("live")), Some(Probe::Live));
+        assert_eq!(Probe::parse(Some("ready")), Some(Probe::Ready));
+        assert_eq!(Probe::parse(Some("--ready")), None);
+    }
+
+    #[test]
+    fn without_a_fixed_http_port_there_is_nothing_to_probe() {
+        let no_port = probe(&config(&[]), Probe::Live).unwrap_err();
+        assert!(no_port.contains("HTTP_PORT is not set"), "{no_port}");
+        let any_port = probe(&config(&[("HTTP_PORT", "0")]), Probe::Live).unwrap_err();
+        assert!(any_port.contains("HTTP_PORT is 0"), "{any_port}");
+    }
+
+    #[test]
+    fn a_port_nobody_serves_is_unhealthy() {
+        // Bound and dropped: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let port = port.to_string();
+        let why = probe(
+            &config(&[("HTTP_PORT", &port), ("HTTP_BIND_ADDRESS", "0.0.0.0")]),
+            Probe::Ready,
+        )
+        .unwrap_err();
+        assert!(
+            why.contains(&format!("http://127.0.0.1:{port}/health/ready")),
+            "{why}"
+        );
+    }
+}

@@ -678,7 +678,11 @@ impl TestEnv {
     /// Reads output until `done` holds, or fails the test at the deadline showing what
     /// was read. `done` gets everything read so far and, separately, only what this
     /// round read, so a wait can keep its own count and stay linear in the records.
-    pub fn collect_counting(&mut self, what: &str, mut done: impl FnMut(&[Output], &[Output]) -> bool) {
+    pub fn collect_counting(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&[Output], &[Output]) -> bool,
+    ) {
         let deadline = Instant::now() + WAIT;
         let mut checked = 0;
         loop {
@@ -734,7 +738,9 @@ impl TestEnv {
         )];
         let mut last_read: HashMap<(&str, i32), i64> = HashMap::new();
         for output in &self.outputs {
-            let last = last_read.entry((&output.topic, output.partition)).or_default();
+            let last = last_read
+                .entry((&output.topic, output.partition))
+                .or_default();
             *last = (*last).max(output.offset);
         }
         for topic in self.topics.outputs() {

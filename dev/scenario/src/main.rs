@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use apache_avro::types::Value;
 use open_bank_command_handler::config::Config;
 use rdkafka::ClientConfig;
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use schema_registry_converter::blocking::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::{
@@ -250,7 +250,10 @@ fn end_offsets(consumer: &BaseConsumer, topics: &[&String]) -> TopicPartitionLis
                 Ok(metadata) if !metadata.topics()[0].partitions().is_empty() => {
                     break metadata.topics()[0].partitions().len() as i32;
                 }
-                Ok(_) => retry(&format!("partitions of {topic}"), rdkafka::error::KafkaError::NoMessageReceived),
+                Ok(_) => retry(
+                    &format!("partitions of {topic}"),
+                    rdkafka::error::KafkaError::NoMessageReceived,
+                ),
                 Err(error) => retry(&format!("metadata of {topic}"), error),
             }
         };

@@ -18,9 +18,11 @@ use crate::kafka;
 use crate::metrics::Metrics;
 use crate::pipeline::{CommandLoop, CommandTopic, Destinations, Heartbeat, run_producer};
 use crate::records::{
-    AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
+    AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, SubjectError, limit_datum_allocations,
+    registry_settings,
 };
 use crate::storage;
+use crate::topics::{self, TopicError};
 
 /// Runs the handler until a signal (Ok) or a failure it cannot recover from (Err).
 pub fn run(config: Config) -> Result<(), String> {
@@ -89,6 +91,36 @@ pub fn run(config: Config) -> Result<(), String> {
         info!("stopped before the database was ready");
         return Ok(());
     }
+    // The dead-letter topic, before the first poison record needs it.
+    let topic_ready = retry_until_shutdown(&shutdown, "the dead-letter topic", || {
+        match topics::ensure_dead_letter_topic(&config) {
+            Ok(_) => Ok(Ok(())),
+            Err(TopicError::Unreachable(why)) => Err(why),
+            Err(TopicError::Refused(why)) => Ok(Err(why)),
+        }
+    });
+    match topic_ready {
+        None => return Ok(()),
+        Some(outcome) => outcome?,
+    }
+    // Every subject the handler writes with, before the first command is taken.
+    let encoder = AnswerEncoder::new(registry.clone(), config.register_schemas);
+    let subjects_ready = retry_until_shutdown(&shutdown, "the Schema Registry", || {
+        match encoder.check_subjects(&config.topics) {
+            Ok(()) => Ok(Ok(())),
+            Err(SubjectError::RegistryUnavailable(why)) => Err(why),
+            Err(SubjectError::Unusable(why)) => Ok(Err(why)),
+        }
+    });
+    match subjects_ready {
+        None => return Ok(()),
+        Some(outcome) => outcome?,
+    }
+    if config.register_schemas {
+        info!("output schemas: the handler's own, registered (SCHEMA_REGISTRY_AUTO_REGISTER=true)");
+    } else {
+        info!("output schemas: each subject's latest registered version");
+    }
 
     limit_datum_allocations();
     let producer = Arc::new(
@@ -96,7 +128,6 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot create Kafka producer: {e}"))?,
     );
     let (publish, requests) = mpsc::channel();
-    let encoder = AnswerEncoder::new(registry.clone());
     let producer_thread = thread::Builder::new()
         .name("producer".into())
         .spawn({
@@ -189,30 +220,44 @@ pub fn run(config: Config) -> Result<(), String> {
 /// A migration that fails on a reachable database stops start-up: retrying would not
 /// help, and the operator must see why (for example duplicate IBANs in `balance`).
 fn migrate(database: &storage::Database, shutdown: &AtomicBool) -> Result<bool, String> {
+    let migrated = retry_until_shutdown(shutdown, "the database", || {
+        let mut conn = database.connection()?;
+        Ok(storage::run_migrations(&mut conn).map(|applied| {
+            if applied.is_empty() {
+                info!("database schema is up to date");
+            } else {
+                info!("applied migrations: {}", applied.join(", "));
+            }
+        }))
+    });
+    match migrated {
+        None => Ok(false),
+        Some(outcome) => outcome.map(|()| true),
+    }
+}
+
+/// Start-up's wait for a dependency: `attempt` gives Err(why) while `what` cannot be
+/// reached (logged, and tried again with a backoff from 0.2 s doubling to 10 s), and
+/// Ok(outcome) once it answered, for better or worse. None when a signal came first.
+fn retry_until_shutdown<T>(
+    shutdown: &AtomicBool,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Option<T> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match database.connection() {
-            Ok(mut conn) => {
-                let applied = storage::run_migrations(&mut conn)?;
-                if applied.is_empty() {
-                    info!("database schema is up to date");
-                } else {
-                    info!("applied migrations: {}", applied.join(", "));
-                }
-                return Ok(true);
-            }
-            Err(why) => {
-                warn!("database not ready, retrying in {delay:?}: {why}");
-                let until = std::time::Instant::now() + delay;
-                while std::time::Instant::now() < until {
-                    if shutdown.load(Ordering::Acquire) {
-                        return Ok(false);
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+        match attempt() {
+            Ok(outcome) => return Some(outcome),
+            Err(why) => warn!("{what} not ready, retrying in {delay:?}: {why}"),
         }
+        let until = std::time::Instant::now() + delay;
+        while std::time::Instant::now() < until {
+            if shutdown.load(Ordering::Acquire) {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::tls_stores::{self, JvmStores};
+
 /// A value that must never appear in logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -54,6 +56,16 @@ impl Topics {
             &self.dead_letter,
         ]
     }
+}
+
+/// TLS to the brokers, from one of two kinds of variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KafkaTls {
+    /// `KAFKA_SSL_*`: PEM files (as the earlier Rust port).
+    Pem(TlsFiles),
+    /// `SSL_KEYSTORE_LOCATION`, `SSL_TRUSTSTORE_LOCATION`, `SSL_PASSWORD`: the JVM
+    /// handler's keytool stores, with its hostname check off (as the JVM clients).
+    JvmStores(JvmStores),
 }
 
 /// TLS to the brokers (PEM files): the brokers' certificate is checked against
@@ -117,7 +129,9 @@ pub struct Config {
     pub topics: Topics,
     /// Client id, and also the consumer group id (as the JVM handler did).
     pub client_id: String,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<KafkaTls>,
+    /// Both kinds of TLS variables were set: the PEM files won, the stores are unused.
+    pub jvm_stores_ignored: bool,
     /// SASL over TLS; with it the clients always encrypt.
     pub sasl: Option<SaslLogin>,
     pub registry_credentials: Option<RegistryCredentials>,
@@ -129,6 +143,13 @@ pub struct Config {
     pub kafka_properties: Vec<KafkaProperty>,
     /// Most commands applied in one database transaction.
     pub batch_size: usize,
+    /// The shape of the dead-letter topic when the handler creates it; None: chosen
+    /// from the cluster (see `topics::default_shape`).
+    pub dead_letter_partitions: Option<i32>,
+    pub dead_letter_replication: Option<i32>,
+    /// Register the handler's schemas under their subjects (`SCHEMA_REGISTRY_AUTO_REGISTER`);
+    /// off: write with each subject's latest registered version, as the JVM handler.
+    pub register_schemas: bool,
     pub producer_linger_ms: u32,
     pub db_pool_size: u32,
 }
@@ -232,13 +253,32 @@ impl Config {
             });
         }
 
+        // PEM files win over the JVM stores when both are given: whoever added the
+        // KAFKA_SSL_* variables to the JVM handler's environment meant them.
+        // The ignored stores are not even opened.
+        let mut jvm_stores_ignored = false;
+        let tls = match vars.tls()? {
+            Some(files) => {
+                jvm_stores_ignored = [
+                    "SSL_KEYSTORE_LOCATION",
+                    "SSL_TRUSTSTORE_LOCATION",
+                    "SSL_PASSWORD",
+                ]
+                .iter()
+                .any(|name| vars.get(name).is_some());
+                Some(KafkaTls::Pem(files))
+            }
+            None => vars.jvm_stores()?.map(KafkaTls::JvmStores),
+        };
+
         Ok(Config {
             kafka_brokers: vars.text("KAFKA_BROKERS", "127.0.0.1:9092")?,
             schema_registry_url: Secret(schema_registry_url),
             database_url: vars.database_url()?,
             topics,
             client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
-            tls: vars.tls()?,
+            tls,
+            jvm_stores_ignored,
             sasl: vars.sasl()?,
             registry_credentials: vars.registry_credentials()?,
             http_address: vars.http_address()?,
@@ -250,6 +290,17 @@ impl Config {
             )?),
             kafka_properties: kafka_properties(&all)?,
             batch_size: vars.number("COMMAND_BATCH_SIZE", 100, 1, 1000)? as usize,
+            dead_letter_partitions: vars.optional_number(
+                "KAFKA_DEAD_LETTER_PARTITIONS",
+                1,
+                10_000,
+            )?,
+            dead_letter_replication: vars.optional_number(
+                "KAFKA_DEAD_LETTER_REPLICATION",
+                1,
+                32,
+            )?,
+            register_schemas: vars.flag("SCHEMA_REGISTRY_AUTO_REGISTER", false)?,
             // 0: a batch's records are handed to the producer together and the consumer waits
             // for their acknowledgement, so lingering only adds latency (see dev/bench).
             producer_linger_ms: vars.number("KAFKA_LINGER_MS", 0, 0, 60_000)? as u32,
@@ -262,16 +313,22 @@ impl Config {
     /// How the clients reach the brokers, for logs and the `check` report.
     pub fn kafka_security(&self) -> String {
         let tls = match &self.tls {
-            Some(TlsFiles {
+            Some(KafkaTls::Pem(TlsFiles {
                 client_certificate: Some(_),
                 ..
-            }) => "mutual TLS",
+            })) => "mutual TLS",
+            Some(KafkaTls::JvmStores(_)) => "mutual TLS (the JVM handler's keytool stores)",
             _ if self.sasl.is_some() || self.tls.is_some() => "TLS",
             _ => "plaintext",
         };
+        let ignored = if self.jvm_stores_ignored {
+            " (from the KAFKA_SSL_* PEM files, which win: the SSL_* keytool stores are ignored)"
+        } else {
+            ""
+        };
         match &self.sasl {
-            Some(login) => format!("SASL {} over {tls}", login.mechanism.name()),
-            None => tls.to_string(),
+            Some(login) => format!("SASL {} over {tls}{ignored}", login.mechanism.name()),
+            None => format!("{tls}{ignored}"),
         }
     }
 }
@@ -310,6 +367,35 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             _ => Err(ConfigError {
                 variable: name.into(),
                 problem: format!("must be a whole number from {min} to {max}"),
+            }),
+        }
+    }
+
+    fn optional_number(
+        &self,
+        name: &'static str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<i32>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => Ok(Some(self.number(name, min, min, max)? as i32)),
+        }
+    }
+
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self
+            .get(name)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(_) => Err(ConfigError {
+                variable: name.into(),
+                problem: "must be true or false".into(),
             }),
         }
     }
@@ -404,6 +490,60 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             ca_location,
             client_certificate,
         }))
+    }
+
+    /// The JVM handler's three TLS variables: all or none. Store names are resolved
+    /// as the JVM handler does, under `/etc/kafka/secrets/` (`SSL_STORES_DIRECTORY`
+    /// overrides the folder), and both stores are opened now, so that a wrong password
+    /// or a store of the wrong kind stops start-up with a clear message.
+    fn jvm_stores(&self) -> Result<Option<JvmStores>, ConfigError> {
+        let keystore = self.get("SSL_KEYSTORE_LOCATION");
+        let truststore = self.get("SSL_TRUSTSTORE_LOCATION");
+        let password = self.get("SSL_PASSWORD");
+        let (keystore, truststore, password) = match (keystore, truststore, password) {
+            (None, None, None) => return Ok(None),
+            (Some(k), Some(t), Some(p)) => (k, t, Secret(p)),
+            (k, t, password) => {
+                let given = if k.is_some() {
+                    "SSL_KEYSTORE_LOCATION"
+                } else if t.is_some() {
+                    "SSL_TRUSTSTORE_LOCATION"
+                } else {
+                    "SSL_PASSWORD"
+                };
+                let absent = [
+                    ("SSL_KEYSTORE_LOCATION", k.is_none()),
+                    ("SSL_TRUSTSTORE_LOCATION", t.is_none()),
+                    ("SSL_PASSWORD", password.is_none()),
+                ]
+                .into_iter()
+                .find(|(_, absent)| *absent)
+                .map(|(name, _)| name)
+                .unwrap_or("SSL_PASSWORD");
+                return Err(missing(absent, given));
+            }
+        };
+        let directory =
+            PathBuf::from(self.text("SSL_STORES_DIRECTORY", tls_stores::DEFAULT_STORES_DIRECTORY)?);
+        let keystore = tls_stores::resolve(&keystore, &directory);
+        let truststore = tls_stores::resolve(&truststore, &directory);
+        for (variable, path) in [
+            ("SSL_KEYSTORE_LOCATION", &keystore),
+            ("SSL_TRUSTSTORE_LOCATION", &truststore),
+        ] {
+            if !path.is_file() {
+                return Err(ConfigError {
+                    variable: variable.into(),
+                    problem: format!("{} is not a readable file", path.display()),
+                });
+            }
+        }
+        tls_stores::open(keystore, truststore, password)
+            .map(Some)
+            .map_err(|e| ConfigError {
+                variable: e.variable.into(),
+                problem: e.problem,
+            })
     }
 
     fn sasl(&self) -> Result<Option<SaslLogin>, ConfigError> {
@@ -672,15 +812,91 @@ mod tests {
             ("KAFKA_SSL_KEY_PASSWORD", ""),
         ])
         .unwrap();
-        let tls = config.tls.unwrap();
+        let Some(KafkaTls::Pem(tls)) = config.tls else {
+            panic!("PEM files expected: {:?}", config.tls)
+        };
         assert_eq!(tls.ca_location.as_deref(), Some(std::path::Path::new(file)));
         assert_eq!(tls.client_certificate.unwrap().key_password.expose(), "");
         assert_eq!(parse(&[("KAFKA_SSL_KEY_PASSWORD", "")]).unwrap().tls, None);
-        let server_only = parse(&[("KAFKA_SSL_CA_LOCATION", file)])
-            .unwrap()
-            .tls
-            .unwrap();
+        let server_only = parse(&[("KAFKA_SSL_CA_LOCATION", file)]).unwrap().tls;
+        let Some(KafkaTls::Pem(server_only)) = server_only else {
+            panic!("PEM files expected: {server_only:?}")
+        };
         assert_eq!(server_only.client_certificate, None);
+    }
+
+    const JVM_STORES: [(&str, &str); 3] = [
+        (
+            "SSL_KEYSTORE_LOCATION",
+            "kafka.command-handler.keystore.jks",
+        ),
+        (
+            "SSL_TRUSTSTORE_LOCATION",
+            "kafka.command-handler.truststore.jks",
+        ),
+        ("SSL_PASSWORD", "openbanksafe"),
+    ];
+
+    #[test]
+    fn pem_files_win_over_the_jvm_stores_which_are_not_even_opened() {
+        let file = "/etc/hostname";
+        let mut vars = JVM_STORES.to_vec();
+        vars.extend([
+            ("SSL_STORES_DIRECTORY", "/nonexistent"),
+            ("KAFKA_SSL_CA_LOCATION", file),
+            ("KAFKA_SSL_CERT_LOCATION", file),
+            ("KAFKA_SSL_KEY_LOCATION", file),
+        ]);
+        let config = parse(&vars).unwrap();
+        assert!(
+            matches!(config.tls, Some(KafkaTls::Pem(_))),
+            "{:?}",
+            config.tls
+        );
+        assert!(config.jvm_stores_ignored);
+        assert!(
+            config
+                .kafka_security()
+                .contains("SSL_* keytool stores are ignored")
+        );
+        assert!(!parse(&vars[3..]).unwrap().jvm_stores_ignored);
+    }
+
+    #[test]
+    fn jvm_store_names_resolve_under_the_stores_directory() {
+        let mut vars = JVM_STORES.to_vec();
+        vars.push(("SSL_STORES_DIRECTORY", "/nonexistent/secrets"));
+        let error = parse(&vars).unwrap_err();
+        assert_eq!(error.variable, "SSL_KEYSTORE_LOCATION");
+        assert!(
+            error
+                .problem
+                .contains("/nonexistent/secrets/kafka.command-handler.keystore.jks"),
+            "{error}"
+        );
+        // Without the override: where the JVM handler's image mounts them.
+        let error = parse(&JVM_STORES).unwrap_err();
+        assert!(
+            error
+                .problem
+                .contains("/etc/kafka/secrets/kafka.command-handler.keystore.jks")
+        );
+        assert!(!error.to_string().contains("openbanksafe"));
+    }
+
+    #[test]
+    fn jvm_tls_variables_come_all_three_or_none() {
+        for (absent, (name, _)) in JVM_STORES.iter().enumerate() {
+            let vars: Vec<(&str, &str)> = JVM_STORES
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != absent)
+                .map(|(_, v)| *v)
+                .collect();
+            let error = parse(&vars).unwrap_err();
+            assert_eq!(error.variable, *name, "{error}");
+            assert!(!error.to_string().contains("openbanksafe"));
+        }
     }
 
     #[test]

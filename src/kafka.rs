@@ -14,7 +14,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 
-use crate::config::{ClientScope, Config};
+use crate::config::{ClientScope, Config, KafkaTls};
 use crate::metrics::Metrics;
 
 /// Sets the `RDKAFKA_*` properties of this scope, after the handler's own settings so
@@ -39,7 +39,16 @@ pub fn client_config(config: &Config) -> ClientConfig {
         (None, None) => "plaintext",
     };
     client.set("security.protocol", protocol);
-    if let Some(tls) = &config.tls {
+    if let Some(KafkaTls::JvmStores(stores)) = &config.tls {
+        // As the JVM clients of the Open Bank stack: the stores' one password, and no
+        // hostname check (its brokers' certificates name no host to check against).
+        client
+            .set("ssl.keystore.location", stores.keystore.to_string_lossy())
+            .set("ssl.keystore.password", stores.password.expose())
+            .set("ssl.ca.pem", &stores.trusted_pem)
+            .set("ssl.endpoint.identification.algorithm", "none");
+    }
+    if let Some(KafkaTls::Pem(tls)) = &config.tls {
         if let Some(ca) = &tls.ca_location {
             client.set("ssl.ca.location", ca.to_string_lossy());
         }

@@ -3,12 +3,12 @@
 //! on Kafka. See README.md for the design and SPEC.md for the contract.
 //!
 //! Modules, one concern each:
-//! - [`config`]: environment variables;
+//! - [`config`]: environment variables ([`tls_stores`]: the JVM handler's keytool stores);
 //! - [`rules`]: the business rules as plain functions;
 //! - [`records`]: Avro records and the Schema Registry wire format;
 //! - [`storage`]: pool, migrations and queries;
 //! - [`handler`]: one database transaction per batch of commands;
-//! - [`kafka`]: client settings and contexts;
+//! - [`kafka`]: client settings and contexts; [`topics`]: the dead-letter topic, created at start-up;
 //! - [`pipeline`]: the consumer loops and the producer thread (delivery guarantee);
 //! - [`metrics`] and [`http`]: Prometheus metrics, health and readiness over HTTP;
 //! - [`app`]: wiring and shutdown;
@@ -28,3 +28,5 @@ pub mod records;
 pub mod rules;
 pub mod schema;
 pub mod storage;
+pub mod tls_stores;
+pub mod topics;

@@ -3,9 +3,12 @@
 //! Decoding fetches the writer schema by the id in the value (through
 //! `schema_registry_converter`, which caches it) and then resolves the datum against
 //! the handler's own reader schema, so writer schemas that only add properties or
-//! defaulted fields still decode. Encoding registers the handler's schema under the
-//! TopicRecordNameStrategy subject, or uses the subject's latest version when the
-//! registry refuses registrations (a locked-down registry).
+//! defaulted fields still decode. Encoding uses, as the JVM handler, the latest version
+//! registered under each TopicRecordNameStrategy subject (the Open Bank stack's
+//! synchronizer registers them); the handler registers nothing unless asked
+//! (`SCHEMA_REGISTRY_AUTO_REGISTER=true`: register its own schema, or use the latest
+//! version when the registry refuses registrations). The subjects are checked at
+//! start-up ([`AnswerEncoder::check_subjects`]).
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -289,16 +292,22 @@ fn registry_status(error: &SRCError) -> Option<u32> {
 /// answer, a timeout, an unreadable or 5xx answer, 401/403/408/429) is the registry's
 /// trouble, and the record is tried again rather than dead-lettered.
 fn classify_decode_error(error: SRCError) -> DecodeError {
-    let source = std::error::Error::source(&error);
-    let malformed = match registry_status(&error) {
-        Some(status) => (400..500).contains(&status) && ![401, 403, 408, 429].contains(&status),
-        None if error.retriable => false,
-        None => source.is_none() || source.is_some_and(|s| s.is::<apache_avro::Error>()),
-    };
-    if malformed {
+    if positive_evidence(&error) {
         DecodeError::Malformed(error.to_string())
     } else {
         DecodeError::RegistryUnavailable(error.to_string())
+    }
+}
+
+/// True when the registry said no to what was asked (a 4xx other than auth, timeout or
+/// throttling: an unknown schema id, a missing subject) or Avro found the datum and the
+/// schema do not fit; false when the registry could not be asked properly at all.
+fn positive_evidence(error: &SRCError) -> bool {
+    let source = std::error::Error::source(error);
+    match registry_status(error) {
+        Some(status) => (400..500).contains(&status) && ![401, 403, 408, 429].contains(&status),
+        None if error.retriable => false,
+        None => source.is_none() || source.is_some_and(|s| s.is::<apache_avro::Error>()),
     }
 }
 
@@ -403,16 +412,113 @@ impl CommandDecoder {
 /// Encodes answers and events under `<topic>-<full record name>` subjects.
 pub struct AnswerEncoder {
     encoder: AvroEncoder,
+    register: bool,
+}
+
+/// Why a subject cannot be written with, found at start-up.
+#[derive(Debug)]
+pub enum SubjectError {
+    /// The registry could not be asked: try again.
+    RegistryUnavailable(String),
+    /// The subject is missing, or its latest schema cannot encode the handler's record.
+    Unusable(String),
 }
 
 impl AnswerEncoder {
-    pub fn new(settings: SrSettings) -> Self {
+    /// `register`: register the handler's own schemas (`SCHEMA_REGISTRY_AUTO_REGISTER`);
+    /// otherwise write with each subject's latest version.
+    pub fn new(settings: SrSettings, register: bool) -> Self {
         AnswerEncoder {
             encoder: AvroEncoder::new(settings),
+            register,
         }
     }
 
+    /// Encodes one record of each kind the handler writes, to find a missing subject,
+    /// or a latest schema that cannot encode the handler's records, before any command
+    /// is taken rather than at the first answer. The schemas found are cached.
+    pub fn check_subjects(&self, topics: &crate::config::Topics) -> Result<(), SubjectError> {
+        let id = Uuid::nil();
+        let samples = [
+            (
+                &topics.account_creation_feedback,
+                OutputRecord::AccountCreationConfirmed {
+                    id,
+                    iban: String::new(),
+                    token: String::new(),
+                    a_type: AccountType::Auto,
+                },
+            ),
+            (
+                &topics.account_creation_feedback,
+                OutputRecord::AccountCreationFailed {
+                    id,
+                    reason: String::new(),
+                },
+            ),
+            (
+                &topics.money_transfer_feedback,
+                OutputRecord::MoneyTransferConfirmed { id },
+            ),
+            (
+                &topics.money_transfer_feedback,
+                OutputRecord::MoneyTransferFailed {
+                    id,
+                    reason: String::new(),
+                },
+            ),
+            (
+                &topics.balance_changed,
+                OutputRecord::BalanceChanged(BalanceChange {
+                    iban: String::new(),
+                    new_balance: 0,
+                    changed_by: 0,
+                    from_to: String::new(),
+                    description: String::new(),
+                }),
+            ),
+        ];
+        for (topic, record) in &samples {
+            let subject = format!("{topic}-{}", record.full_name());
+            if let Err(error) = self.try_encode(topic, record) {
+                self.encoder.remove_errors_from_cache();
+                return Err(if positive_evidence(&error) {
+                    SubjectError::Unusable(if registry_status(&error) == Some(404) {
+                        format!(
+                            "subject {subject} is not registered in the Schema Registry. The \
+                             handler writes with each subject's latest registered version, as \
+                             the JVM handler does: register the schema (the Open Bank stack's \
+                             synchronizer does), or set SCHEMA_REGISTRY_AUTO_REGISTER=true to let \
+                             the handler register its own"
+                        )
+                    } else {
+                        format!(
+                            "the latest schema of subject {subject} cannot encode the handler's \
+                             {} records: {error}",
+                            record.full_name()
+                        )
+                    })
+                } else {
+                    SubjectError::RegistryUnavailable(format!("subject {subject}: {error}"))
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, EncodeError> {
+        self.try_encode(topic, record).map_err(|error| {
+            self.encoder.remove_errors_from_cache();
+            EncodeError(error.to_string())
+        })
+    }
+
+    fn try_encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, SRCError> {
+        let latest =
+            SubjectNameStrategy::TopicRecordNameStrategy(topic.to_string(), record.full_name());
+        if !self.register {
+            return self.encoder.encode(record.fields(), &latest);
+        }
         let register = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
             topic.to_string(),
             get_supplied_schema(record.schema()),
@@ -422,22 +528,10 @@ impl AnswerEncoder {
             // 401/403 (not allowed), 405 (read-only mode), 409 (incompatible with the
             // locked-down subject): fall back to the subject's latest version.
             Err(error) if registry_refused(&error) => {
-                let latest = SubjectNameStrategy::TopicRecordNameStrategy(
-                    topic.to_string(),
-                    record.full_name(),
-                );
                 self.encoder.remove_errors_from_cache();
-                self.encoder.encode(record.fields(), &latest).map_err(|e| {
-                    self.encoder.remove_errors_from_cache();
-                    EncodeError(format!(
-                        "registration refused ({error}) and latest version unusable ({e})"
-                    ))
-                })
+                self.encoder.encode(record.fields(), &latest)
             }
-            Err(error) => {
-                self.encoder.remove_errors_from_cache();
-                Err(EncodeError(error.to_string()))
-            }
+            Err(error) => Err(error),
         }
     }
 }

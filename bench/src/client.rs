@@ -102,6 +102,8 @@ impl HandlerProcess {
         let file = fs::File::create(&log).expect("handler log file");
         let child = Command::new(binary)
             .env_clear()
+            // The stack's registry starts empty (no synchronizer): the handler registers.
+            .env("SCHEMA_REGISTRY_AUTO_REGISTER", "true")
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())

@@ -52,6 +52,7 @@ pub struct Stack {
     pub kafka_version: String,
     /// The broker's mutual-TLS listener and the certificates made for it.
     pub tls: TlsStack,
+    pub open_bank: OpenBankTls,
     /// The broker's SASL_SSL listener (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; its CA is
     /// `tls.ca`) and its one user.
     pub sasl: SaslStack,
@@ -69,6 +70,22 @@ pub struct AuthRegistry {
     pub url: String,
     pub key: String,
     pub secret: String,
+}
+
+/// The Open Bank stack's mutual-TLS listener and its certificate files, made the
+/// stack's way (keytool stores, PEM key and certificate; see dev/stack).
+pub struct OpenBankTls {
+    /// `localhost:PORT`: the name the broker's CN-only certificate carries.
+    pub brokers: String,
+    /// The folder the stack mounts at /etc/kafka/secrets.
+    pub certs: String,
+    pub password: String,
+}
+
+impl OpenBankTls {
+    pub fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.certs)
+    }
 }
 
 pub struct TlsStack {
@@ -133,6 +150,11 @@ impl Stack {
                 key_password: get("TLS_CLIENT_KEY_PASSWORD"),
                 rogue_cert: get("TLS_ROGUE_CERT_LOCATION"),
                 rogue_key: get("TLS_ROGUE_KEY_LOCATION"),
+            },
+            open_bank: OpenBankTls {
+                brokers: get("OPENBANK_BROKERS"),
+                certs: get("OPENBANK_CERTS"),
+                password: get("OPENBANK_STORE_PASSWORD"),
             },
             sasl: SaslStack {
                 brokers: get("SASL_BROKERS"),
@@ -532,6 +554,10 @@ impl TestEnv {
             ("KAFKA_BC_TOPIC", self.topics.bc.clone()),
             ("KAFKA_DEAD_LETTER_TOPIC", self.topics.dlq.clone()),
             ("KAFKA_CLIENT_ID", self.group.clone()),
+            // The registry stand-in starts empty, with no synchronizer to register the
+            // output schemas: the handler registers its own. The drop-in tests turn this
+            // off (an empty value) after registering JVM schemas as the stack does.
+            ("SCHEMA_REGISTRY_AUTO_REGISTER", "true".to_string()),
             (
                 "RUST_LOG",
                 "warn,open_bank_command_handler=debug".to_string(),
@@ -830,6 +856,31 @@ impl TestEnv {
             panic!("not a record")
         };
         (schema_id, (name, fields.into_iter().collect()))
+    }
+
+    /// The partition count of `topic`, None when the cluster does not have it.
+    pub fn partitions_of(&self, topic: &str) -> Option<i32> {
+        let metadata = self
+            .collector
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("cluster metadata");
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+    }
+
+    /// How many records `topic` holds (the sum of its partitions' high watermarks).
+    pub fn records_in(&self, topic: &str) -> i64 {
+        (0..self.partitions_of(topic).unwrap_or(0))
+            .map(|partition| {
+                self.collector
+                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                    .map(|(_, high)| high)
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     pub fn outputs(&self) -> &[Output] {

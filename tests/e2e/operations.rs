@@ -262,7 +262,9 @@ fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
     let command = TransferCmd::new("", 7, "cash", BANK_IBAN);
     env.send_transfer(&command);
     env.flush();
-    env.handler(refused).wait_for_log("decoding commands of");
+    // It waits at start-up, checking the output subjects it cannot read.
+    env.handler(refused)
+        .wait_for_log("the Schema Registry not ready");
     env.collect_for(std::time::Duration::from_secs(2));
     assert!(
         env.answers_to(command.id).is_empty(),

@@ -1,0 +1,179 @@
+//! The JVM handler's TLS stores (SPEC §8): a keytool keystore with the client's key and
+//! certificate, and a truststore with the CA, both opened by one password.
+//!
+//! PKCS#12, keytool's default since Java 9, is used directly: librdkafka reads the
+//! keystore itself (`ssl.keystore.location`), and the truststore's certificates are
+//! handed to it as PEM (`ssl.ca.pem`), since librdkafka takes no PKCS#12 truststore.
+//! Legacy JKS (and JCEKS) stores are refused at start-up with the way out: convert them,
+//! or use the `KAFKA_SSL_*` PEM variables.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use openssl::pkcs12::Pkcs12;
+
+use crate::config::Secret;
+
+/// Where the JVM handler's images mount the stores, and so where relative names
+/// (`kafka.command-handler.keystore.jks`) are looked up.
+pub const DEFAULT_STORES_DIRECTORY: &str = "/etc/kafka/secrets";
+
+/// The JVM handler's TLS settings, with both stores opened and checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JvmStores {
+    pub keystore: PathBuf,
+    pub truststore: PathBuf,
+    pub password: Secret,
+    /// The truststore's certificates, PEM-encoded, for `ssl.ca.pem`.
+    pub trusted_pem: String,
+}
+
+impl fmt::Debug for JvmStores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JvmStores")
+            .field("keystore", &self.keystore)
+            .field("truststore", &self.truststore)
+            .field("password", &self.password)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is wrong with a store, and which variable to look at.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoreError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+/// `name` as the JVM handler resolves it: an absolute path as given, anything else
+/// under `directory`.
+pub fn resolve(name: &str, directory: &Path) -> PathBuf {
+    let path = Path::new(name);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        directory.join(path)
+    }
+}
+
+/// Opens both stores with `password`: the keystore must hold a private key and its
+/// certificate, the truststore at least one certificate.
+pub fn open(
+    keystore: PathBuf,
+    truststore: PathBuf,
+    password: Secret,
+) -> Result<JvmStores, StoreError> {
+    let key_store = read_pkcs12("SSL_KEYSTORE_LOCATION", &keystore, &password)?;
+    if key_store.pkey.is_none() || key_store.cert.is_none() {
+        return Err(StoreError {
+            variable: "SSL_KEYSTORE_LOCATION",
+            problem: format!(
+                "{} holds no private key with its certificate: is it the truststore?",
+                keystore.display()
+            ),
+        });
+    }
+    let trust_store = read_pkcs12("SSL_TRUSTSTORE_LOCATION", &truststore, &password)?;
+    // keytool's trusted-certificate entries come out as the "other" certificates.
+    let mut trusted_pem = String::new();
+    let certificates = trust_store
+        .cert
+        .iter()
+        .map(|c| &**c)
+        .chain(trust_store.ca.iter().flatten());
+    for certificate in certificates {
+        let pem = certificate.to_pem().map_err(|e| StoreError {
+            variable: "SSL_TRUSTSTORE_LOCATION",
+            problem: format!(
+                "{}: a certificate cannot be re-encoded: {e}",
+                truststore.display()
+            ),
+        })?;
+        trusted_pem.push_str(&String::from_utf8_lossy(&pem));
+    }
+    if trusted_pem.is_empty() {
+        return Err(StoreError {
+            variable: "SSL_TRUSTSTORE_LOCATION",
+            problem: format!("{} holds no certificate", truststore.display()),
+        });
+    }
+    Ok(JvmStores {
+        keystore,
+        truststore,
+        password,
+        trusted_pem,
+    })
+}
+
+fn read_pkcs12(
+    variable: &'static str,
+    path: &Path,
+    password: &Secret,
+) -> Result<openssl::pkcs12::ParsedPkcs12_2, StoreError> {
+    let error = |problem: String| StoreError { variable, problem };
+    let bytes = std::fs::read(path)
+        .map_err(|e| error(format!("{} cannot be read: {e}", path.display())))?;
+    if let Some(kind) = legacy_java_store(&bytes) {
+        return Err(error(format!(
+            "{} is a legacy {kind} store, which this handler cannot read. Convert it to \
+             PKCS#12 (keytool's default since Java 9) with the same password: keytool \
+             -importkeystore -srckeystore {0} -srcstoretype {kind} -destkeystore {0}.p12 \
+             -deststoretype PKCS12, and name the new file in {variable}; or use the \
+             KAFKA_SSL_* variables with PEM files instead",
+            path.display()
+        )));
+    }
+    let store = Pkcs12::from_der(&bytes).map_err(|_| {
+        error(format!(
+            "{} is neither a PKCS#12 nor a JKS store",
+            path.display()
+        ))
+    })?;
+    // OpenSSL's reason ("mac verify failure") names no secret.
+    store.parse2(password.expose()).map_err(|e| {
+        let reason = e
+            .errors()
+            .first()
+            .and_then(|e| e.reason())
+            .unwrap_or("cannot be opened");
+        error(format!(
+            "{} cannot be opened with SSL_PASSWORD ({reason}): a wrong password?",
+            path.display()
+        ))
+    })
+}
+
+/// Java's own store formats, by their magic number.
+fn legacy_java_store(bytes: &[u8]) -> Option<&'static str> {
+    match bytes.get(..4)? {
+        [0xFE, 0xED, 0xFE, 0xED] => Some("JKS"),
+        [0xCE, 0xCE, 0xCE, 0xCE] => Some("JCEKS"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_names_are_looked_up_in_the_stores_directory() {
+        let dir = Path::new("/etc/kafka/secrets");
+        assert_eq!(
+            resolve("kafka.command-handler.keystore.jks", dir),
+            Path::new("/etc/kafka/secrets/kafka.command-handler.keystore.jks")
+        );
+        assert_eq!(resolve("/srv/ks.p12", dir), Path::new("/srv/ks.p12"));
+    }
+
+    #[test]
+    fn java_store_formats_are_told_by_their_magic_number() {
+        assert_eq!(
+            legacy_java_store(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2]),
+            Some("JKS")
+        );
+        assert_eq!(legacy_java_store(&[0xCE, 0xCE, 0xCE, 0xCE]), Some("JCEKS"));
+        assert_eq!(legacy_java_store(&[0x30, 0x82, 0x0A, 0x1B]), None); // DER: PKCS#12
+        assert_eq!(legacy_java_store(&[0xFE]), None);
+    }
+}

@@ -272,7 +272,7 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     env.flush();
     private.stop("kafka");
     send(&env, chunks[1]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Until readiness says so, the handler has not noticed yet: the outage lasts that long.
     not_ready_because("kafka:");
     private.start("kafka");
     http_until(&readiness, "ready again", |r| r.status == 200);
@@ -282,11 +282,17 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     // PostgreSQL stops (connections cut mid-transaction), and comes back.
     send(&env, chunks[3]);
     env.flush();
-    std::thread::sleep(Duration::from_millis(300));
+    // Stopped once the handler is at work on these commands (an answer to one of them
+    // read), so that connections are cut while it works.
+    let mtf = env.topics.mtf.clone();
+    let fourth: HashSet<uuid::Uuid> = chunks[3].iter().map(|c| c.id).collect();
+    env.collect_counting("the handler at work on the fourth chunk", |_, new| {
+        new.iter()
+            .any(|o| o.topic == mtf && fourth.contains(&o.id()))
+    });
     private.stop("postgres");
     send(&env, chunks[4]);
     env.flush();
-    std::thread::sleep(Duration::from_secs(3));
     not_ready_because("database");
     private.start("postgres");
     http_until(&readiness, "ready again", |r| r.status == 200);
@@ -318,7 +324,9 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
         );
     }
     env.flush();
-    std::thread::sleep(Duration::from_secs(3));
+    // The handler met the new schema id while the registry is away, and waits.
+    env.handler(handler)
+        .wait_for_log("schema registry unavailable");
     private.start("registry");
     send(&env, chunks[7]);
     env.flush();

@@ -1098,15 +1098,21 @@ impl Handler {
 
     /// Waits until the handler logged `text`, or fails the test.
     pub fn wait_for_log(&mut self, text: &str) {
+        self.wait_for_log_where(&format!("{text:?}"), |log| log.contains(text));
+    }
+
+    /// Waits until the log satisfies `done`, failing the test at the deadline or if the
+    /// handler exits first.
+    pub fn wait_for_log_where(&mut self, what: &str, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + WAIT;
-        while !self.log().contains(text) {
+        while !done(&self.log()) {
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.print_log_tail(40);
-                panic!("handler exited ({status}) before logging {text:?}");
+                panic!("handler exited ({status}) before logging {what}");
             }
             if Instant::now() > deadline {
                 self.print_log_tail(40);
-                panic!("handler did not log {text:?} in time");
+                panic!("handler did not log {what} in time");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -10,8 +10,11 @@
 //! version when the registry refuses registrations). The subjects are checked at
 //! start-up ([`AnswerEncoder::check_subjects`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::LazyLock;
+
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use apache_avro::Schema;
@@ -200,10 +203,15 @@ impl OutputRecord {
     }
 
     /// Full record name, the second half of the TopicRecordNameStrategy subject.
-    pub fn full_name(&self) -> String {
-        match self.schema() {
-            Schema::Record(record) => record.name.fullname(None),
-            _ => unreachable!("output schemas are records"),
+    pub fn full_name(&self) -> &'static str {
+        match self {
+            OutputRecord::AccountCreationConfirmed { .. } => {
+                "nl.openweb.data.AccountCreationConfirmed"
+            }
+            OutputRecord::AccountCreationFailed { .. } => "nl.openweb.data.AccountCreationFailed",
+            OutputRecord::MoneyTransferConfirmed { .. } => "nl.openweb.data.MoneyTransferConfirmed",
+            OutputRecord::MoneyTransferFailed { .. } => "nl.openweb.data.MoneyTransferFailed",
+            OutputRecord::BalanceChanged(_) => "nl.openweb.data.BalanceChanged",
         }
     }
 
@@ -413,6 +421,17 @@ impl CommandDecoder {
 pub struct AnswerEncoder {
     encoder: AvroEncoder,
     register: bool,
+    /// The subject strategies of each (record, topic), made once: the encoder's cache is
+    /// keyed by them, and making one per record would format a subject (and, to
+    /// register, serialise a whole schema to JSON) for every record sent.
+    strategies: RefCell<HashMap<&'static str, HashMap<String, Arc<Strategies>>>>,
+}
+
+/// How one (topic, record) is written: with the subject's latest version, and, when
+/// registering, with the handler's own schema first.
+struct Strategies {
+    latest: SubjectNameStrategy,
+    register: Option<SubjectNameStrategy>,
 }
 
 /// Why a subject cannot be written with, found at start-up.
@@ -431,6 +450,7 @@ impl AnswerEncoder {
         AnswerEncoder {
             encoder: AvroEncoder::new(settings),
             register,
+            strategies: RefCell::new(HashMap::new()),
         }
     }
 
@@ -513,23 +533,41 @@ impl AnswerEncoder {
         })
     }
 
-    fn try_encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, SRCError> {
-        let latest =
-            SubjectNameStrategy::TopicRecordNameStrategy(topic.to_string(), record.full_name());
-        if !self.register {
-            return self.encoder.encode(record.fields(), &latest);
+    fn strategies(&self, topic: &str, record: &OutputRecord) -> Arc<Strategies> {
+        let mut by_record = self.strategies.borrow_mut();
+        let by_topic = by_record.entry(record.full_name()).or_default();
+        if let Some(strategies) = by_topic.get(topic) {
+            return Arc::clone(strategies);
         }
-        let register = SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
-            topic.to_string(),
-            get_supplied_schema(record.schema()),
-        );
-        match self.encoder.encode(record.fields(), &register) {
+        let strategies = Arc::new(Strategies {
+            latest: SubjectNameStrategy::TopicRecordNameStrategy(
+                topic.to_string(),
+                record.full_name().to_string(),
+            ),
+            register: self.register.then(|| {
+                SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                    topic.to_string(),
+                    get_supplied_schema(record.schema()),
+                )
+            }),
+        });
+        by_topic.insert(topic.to_string(), Arc::clone(&strategies));
+        strategies
+    }
+
+    fn try_encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, SRCError> {
+        let strategies = self.strategies(topic, record);
+        let latest = &strategies.latest;
+        let Some(register) = &strategies.register else {
+            return self.encoder.encode(record.fields(), latest);
+        };
+        match self.encoder.encode(record.fields(), register) {
             Ok(bytes) => Ok(bytes),
             // 401/403 (not allowed), 405 (read-only mode), 409 (incompatible with the
             // locked-down subject): fall back to the subject's latest version.
             Err(error) if registry_refused(&error) => {
                 self.encoder.remove_errors_from_cache();
-                self.encoder.encode(record.fields(), &latest)
+                self.encoder.encode(record.fields(), latest)
             }
             Err(error) => Err(error),
         }

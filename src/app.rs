@@ -12,11 +12,13 @@ use std::time::Duration;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::config::Config;
+use crate::config::{CommandTopic, Config};
+use crate::heartbeat::Heartbeat;
 use crate::http;
 use crate::kafka;
 use crate::metrics::Metrics;
-use crate::pipeline::{CommandLoop, CommandTopic, Destinations, Heartbeat, run_producer};
+use crate::pipeline::{CommandLoop, Destinations};
+use crate::produce::{self, run_producer};
 use crate::records::{
     AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, SubjectError, limit_datum_allocations,
     registry_settings,
@@ -124,7 +126,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     limit_datum_allocations();
     let producer = Arc::new(
-        kafka::answer_producer(&config)
+        produce::answer_producer(&config)
             .map_err(|e| format!("cannot create Kafka producer: {e}"))?,
     );
     let (publish, requests) = mpsc::channel();
@@ -139,11 +141,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut consumer_threads = Vec::new();
     let mut consumers = Vec::new();
     let mut heartbeats = Vec::new();
-    for kind in [CommandTopic::AccountCreation, CommandTopic::MoneyTransfer] {
-        let topic = match kind {
-            CommandTopic::AccountCreation => &config.topics.account_creation_commands,
-            CommandTopic::MoneyTransfer => &config.topics.money_transfer_commands,
-        };
+    for kind in CommandTopic::BOTH {
+        let topic = config.topics.commands(kind);
         let consumer = Arc::new(
             kafka::command_consumer(&config, topic, Arc::clone(&metrics))
                 .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?,

@@ -9,30 +9,7 @@ use std::path::PathBuf;
 
 use crate::tls_stores::{self, JvmStores};
 
-/// A value that must never appear in logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::secret::Secret;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topics {
@@ -44,7 +21,36 @@ pub struct Topics {
     pub dead_letter: String,
 }
 
+/// Which of the two command topics a consumer loop reads, and so which kind of
+/// command it handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandTopic {
+    AccountCreation,
+    MoneyTransfer,
+}
+
+impl CommandTopic {
+    pub const BOTH: [CommandTopic; 2] =
+        [CommandTopic::AccountCreation, CommandTopic::MoneyTransfer];
+
+    /// The name metrics and logs use for this kind of command.
+    pub fn label(self) -> &'static str {
+        match self {
+            CommandTopic::AccountCreation => "account_creation",
+            CommandTopic::MoneyTransfer => "money_transfer",
+        }
+    }
+}
+
 impl Topics {
+    /// The topic commands of this kind come from.
+    pub fn commands(&self, kind: CommandTopic) -> &String {
+        match kind {
+            CommandTopic::AccountCreation => &self.account_creation_commands,
+            CommandTopic::MoneyTransfer => &self.money_transfer_commands,
+        }
+    }
+
     /// Every topic the handler reads or writes.
     pub fn all(&self) -> [&String; 6] {
         [
@@ -273,7 +279,7 @@ impl Config {
 
         Ok(Config {
             kafka_brokers: vars.text("KAFKA_BROKERS", "127.0.0.1:9092")?,
-            schema_registry_url: Secret(schema_registry_url),
+            schema_registry_url: Secret::new(schema_registry_url),
             database_url: vars.database_url()?,
             topics,
             client_id: vars.text("KAFKA_CLIENT_ID", "command-handler")?,
@@ -427,7 +433,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
                     problem: "must start with postgres:// or postgresql://".into(),
                 });
             }
-            return Ok(Secret(url));
+            return Ok(Secret::new(url));
         }
         let host = self.text("DB_HOSTNAME", "localhost")?;
         let port = self.number("DB_PORT", 5432, 1, 65_535)?;
@@ -436,7 +442,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             .get("DB_PASSWORD")
             .unwrap_or_else(|| "open-bank".to_string());
         // A libpq key=value string: no URL-escaping pitfalls for passwords.
-        Ok(Secret(format!(
+        Ok(Secret::new(format!(
             "host={} port={port} dbname={DATABASE_NAME} user={} password={}",
             conninfo_value(&host),
             conninfo_value(&user),
@@ -470,7 +476,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             (Some(certificate_location), Some(key_location)) => Some(ClientCertificate {
                 certificate_location,
                 key_location,
-                key_password: Secret(key_password.unwrap_or_default()),
+                key_password: Secret::new(key_password.unwrap_or_default()),
             }),
             (Some(_), None) => {
                 return Err(missing("KAFKA_SSL_KEY_LOCATION", "KAFKA_SSL_CERT_LOCATION"));
@@ -502,7 +508,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         let password = self.get("SSL_PASSWORD");
         let (keystore, truststore, password) = match (keystore, truststore, password) {
             (None, None, None) => return Ok(None),
-            (Some(k), Some(t), Some(p)) => (k, t, Secret(p)),
+            (Some(k), Some(t), Some(p)) => (k, t, Secret::new(p)),
             (k, t, password) => {
                 let given = if k.is_some() {
                     "SSL_KEYSTORE_LOCATION"
@@ -571,7 +577,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             mechanism,
             username: username
                 .ok_or_else(|| missing("KAFKA_SASL_USERNAME", "KAFKA_SASL_MECHANISM"))?,
-            password: Secret(
+            password: Secret::new(
                 password.ok_or_else(|| missing("KAFKA_SASL_PASSWORD", "KAFKA_SASL_MECHANISM"))?,
             ),
         }))
@@ -585,7 +591,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
             (None, None) => Ok(None),
             (Some(key), Some(secret)) => Ok(Some(RegistryCredentials {
                 key,
-                secret: Secret(secret),
+                secret: Secret::new(secret),
             })),
             (Some(_), None) => Err(missing(
                 "SCHEMA_REGISTRY_API_SECRET",
@@ -666,7 +672,7 @@ fn kafka_properties(
         properties.push(KafkaProperty {
             scope,
             name,
-            value: Secret(value.clone()),
+            value: Secret::new(value.clone()),
         });
     }
     properties.sort_by(|a, b| a.name.cmp(&b.name));

@@ -25,9 +25,10 @@ use schema_registry_converter::blocking::schema_registry::{SrSettings, get_all_s
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::kafka::{AnswerProducer, CommandConsumer};
+use crate::heartbeat::Heartbeat;
+use crate::kafka::CommandConsumer;
 use crate::metrics::Metrics;
-use crate::pipeline::Heartbeat;
+use crate::produce::AnswerProducer;
 use crate::storage::Database;
 
 /// How often the prober checks the dependencies.

@@ -1,17 +1,15 @@
-//! Kafka clients: their configuration, the consumer context that watches rebalances,
-//! and the producer context that reports deliveries back to the batch that sent them.
+//! Kafka clients: the settings they share (brokers, TLS, SASL, `RDKAFKA_*`), and the
+//! command consumers with the context that watches rebalances. The producer is in
+//! [`crate::produce`].
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 
 use crate::config::{ClientScope, Config, KafkaTls};
@@ -19,7 +17,7 @@ use crate::metrics::Metrics;
 
 /// Sets the `RDKAFKA_*` properties of this scope, after the handler's own settings so
 /// that they win.
-fn pass_through(client: &mut ClientConfig, config: &Config, scope: ClientScope) {
+pub(crate) fn pass_through(client: &mut ClientConfig, config: &Config, scope: ClientScope) {
     for property in config.kafka_properties.iter().filter(|p| p.scope == scope) {
         client.set(&property.name, property.value.expose());
     }
@@ -78,8 +76,9 @@ pub fn client_config(config: &Config) -> ClientConfig {
 }
 
 /// What a command consumer's callbacks record. The rebalance callback, which runs inside
-/// `poll`, only raises `rebalanced` (the loop then drops what it holds of partitions it no
-/// longer owns) and notes the new assignment for readiness and metrics.
+/// `poll`, only logs and raises `rebalanced`; the loop then reads the new assignment,
+/// drops what it holds of partitions it no longer owns, and notes the assignment here
+/// for readiness and metrics ([`ConsumerEvents::note_assignment`]).
 pub struct ConsumerEvents {
     topic: String,
     pub rebalanced: AtomicBool,
@@ -92,6 +91,21 @@ pub struct ConsumerEvents {
 impl ConsumerEvents {
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// Keeps the assignment the loop read after a rebalance, for readiness and metrics.
+    pub fn note_assignment(&self, assigned: &rdkafka::TopicPartitionList) {
+        let partitions: Vec<i32> = assigned
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        self.metrics
+            .partitions_assigned(&self.topic, partitions.len());
+        *self
+            .assignment
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(partitions);
     }
 
     pub fn assignment(&self) -> Option<Vec<i32>> {
@@ -115,24 +129,11 @@ impl ClientContext for ConsumerEvents {
 }
 
 impl ConsumerContext for ConsumerEvents {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => info!("assigned {}", describe_partitions(partitions)),
             Rebalance::Revoke(partitions) => info!("revoked {}", describe_partitions(partitions)),
             Rebalance::Error(error) => warn!("rebalance failed: {error}"),
-        }
-        if let Ok(assigned) = consumer.assignment() {
-            let partitions: Vec<i32> = assigned
-                .elements_for_topic(&self.topic)
-                .iter()
-                .map(|element| element.partition())
-                .collect();
-            self.metrics
-                .partitions_assigned(&self.topic, partitions.len());
-            *self
-                .assignment
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(partitions);
         }
         self.rebalanced.store(true, Ordering::Release);
     }
@@ -188,130 +189,4 @@ pub fn command_consumer(
     })?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
-}
-
-/// What went wrong publishing a batch, and so what the loop does next.
-#[derive(Debug)]
-pub enum PublishError {
-    /// Registry or broker trouble: publish again the records at these positions of the
-    /// batch (those Kafka did not acknowledge).
-    Retry {
-        unacknowledged: Vec<usize>,
-        why: String,
-    },
-    /// The producer cannot go on (fatal idempotence error, producer thread gone):
-    /// stop the process; the batch is redelivered after the restart.
-    Fatal(String),
-}
-
-impl fmt::Display for PublishError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PublishError::Retry {
-                unacknowledged,
-                why,
-            } => {
-                write!(
-                    f,
-                    "{} records not acknowledged, will retry: {why}",
-                    unacknowledged.len()
-                )
-            }
-            PublishError::Fatal(why) => write!(f, "publishing failed for good: {why}"),
-        }
-    }
-}
-
-/// Tracks the records of one published batch until every one is acknowledged.
-pub struct BatchDelivery {
-    outstanding: AtomicUsize,
-    failures: Mutex<Vec<(usize, KafkaError)>>,
-    done: mpsc::SyncSender<Result<(), PublishError>>,
-}
-
-impl BatchDelivery {
-    pub fn new(records: usize, done: mpsc::SyncSender<Result<(), PublishError>>) -> Arc<Self> {
-        Arc::new(BatchDelivery {
-            outstanding: AtomicUsize::new(records),
-            failures: Mutex::new(Vec::new()),
-            done,
-        })
-    }
-
-    /// Counts the record at `position` in the batch as settled (acknowledged, or failed
-    /// after librdkafka's own retries); the last one reports the batch's outcome.
-    pub fn settle(&self, position: usize, result: Result<(), KafkaError>) {
-        if let Err(error) = result {
-            self.failures
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push((position, error));
-        }
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut failures =
-                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
-            failures.sort_by_key(|(position, _)| *position);
-            let outcome = match failures.first() {
-                None => Ok(()),
-                Some((_, error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
-                    Err(PublishError::Fatal(error.to_string()))
-                }
-                Some((_, error)) => Err(PublishError::Retry {
-                    why: error.to_string(),
-                    unacknowledged: failures.iter().map(|(position, _)| *position).collect(),
-                }),
-            };
-            // The batch's owner may have given up waiting (shutdown); nothing to tell then.
-            let _ = self.done.send(outcome);
-        }
-    }
-}
-
-/// Sends each delivery report to the batch the record belongs to.
-pub struct DeliveryReports;
-
-impl ClientContext for DeliveryReports {
-    fn error(&self, error: KafkaError, reason: &str) {
-        warn!("kafka producer: {error}: {reason}");
-    }
-}
-
-impl ProducerContext for DeliveryReports {
-    /// The batch a record belongs to, and its position in it.
-    type DeliveryOpaque = Box<(Arc<BatchDelivery>, usize)>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
-        let (batch, position) = *record;
-        batch.settle(
-            position,
-            match result {
-                Ok(_) => Ok(()),
-                Err((error, message)) => {
-                    warn!(
-                        "could not deliver to {}/{}: {error}",
-                        message.topic(),
-                        message.partition()
-                    );
-                    Err(error.clone())
-                }
-            },
-        );
-    }
-}
-
-pub type AnswerProducer = ThreadedProducer<DeliveryReports>;
-
-/// The producer of answers, events and dead letters: acknowledged by all in-sync
-/// replicas, idempotent (no duplicates or reordering from its own retries), and
-/// partitioning keys as the JVM clients do (murmur2), so a key stays on its partition
-/// when this handler replaces the JVM one.
-pub fn answer_producer(config: &Config) -> KafkaResult<AnswerProducer> {
-    let mut settings = client_config(config);
-    settings
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", config.producer_linger_ms.to_string())
-        .set("partitioner", "murmur2_random");
-    pass_through(&mut settings, config, ClientScope::Producer);
-    settings.create_with_context(DeliveryReports)
 }

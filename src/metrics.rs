@@ -17,15 +17,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
-use crate::pipeline::CommandTopic;
+use crate::config::CommandTopic;
 use crate::storage::PoolUsage;
-
-fn command_label(command: CommandTopic) -> &'static str {
-    match command {
-        CommandTopic::AccountCreation => "account_creation",
-        CommandTopic::MoneyTransfer => "money_transfer",
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -204,7 +197,7 @@ impl Metrics {
             if count > 0 {
                 self.commands
                     .get_or_create(&CommandLabels {
-                        command: command_label(command),
+                        command: CommandTopic::label(command),
                         outcome,
                     })
                     .inc_by(count);
@@ -218,7 +211,7 @@ impl Metrics {
                 .inc_by(tally.dead_lettered);
         }
         let histogram = self.processing_seconds.get_or_create(&CommandTypeLabel {
-            command: command_label(command),
+            command: CommandTopic::label(command),
         });
         for _ in 0..records {
             histogram.observe(elapsed.as_secs_f64());

@@ -1,4 +1,5 @@
-//! The consumer loops and the producer thread.
+//! The consumer loops: poll, decode, apply, hand to the producer thread, wait for the
+//! acknowledgement, store offsets.
 //!
 //! # Delivery guarantee
 //!
@@ -24,56 +25,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, Producer};
 use uuid::Uuid;
 
-use crate::config::Topics;
+use crate::config::{CommandTopic, Topics};
 use crate::handler::{self, AccountCreationCommand, TransferCommand};
-use crate::kafka::{AnswerProducer, BatchDelivery, CommandConsumer, PublishError};
+use crate::heartbeat::Heartbeat;
+use crate::kafka::CommandConsumer;
 use crate::metrics::{BatchTally, Metrics};
-use crate::records::{AnswerEncoder, CommandDecoder, DecodeError, OutputRecord};
+use crate::produce::{Outbound, OutboundBody, PublishError, PublishRequest};
+use crate::records::{CommandDecoder, DecodeError, OutputRecord};
 use crate::rules::AccountCreationOutcome;
 use crate::storage::{self, Database, RecordPosition};
-
-/// Which of the two command topics a loop consumes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CommandTopic {
-    AccountCreation,
-    MoneyTransfer,
-}
-
-/// A record for the producer thread to publish.
-#[derive(Clone, Debug)]
-pub struct Outbound {
-    /// Shared: the same few topic names go on every record.
-    pub topic: Arc<str>,
-    /// None only for a dead letter of a record that had no key.
-    pub key: Option<Vec<u8>>,
-    pub body: OutboundBody,
-}
-
-#[derive(Clone, Debug)]
-pub enum OutboundBody {
-    /// An answer or event, encoded by the producer thread.
-    Record(OutputRecord),
-    /// A record that could not be handled, published as it came with where it came from.
-    DeadLetter {
-        value: Option<Vec<u8>>,
-        headers: OwnedHeaders,
-    },
-}
-
-pub struct PublishRequest {
-    /// Shared with the consumer thread, which sends the same records again on a retry.
-    pub records: Arc<Vec<Outbound>>,
-    pub done: mpsc::SyncSender<Result<(), PublishError>>,
-}
 
 /// Why a consumer loop ended early, making the process exit non-zero.
 #[derive(Debug)]
@@ -82,113 +50,6 @@ pub struct Stopped(pub String);
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// The producer thread: encodes and sends every request; Kafka's acknowledgements are
-/// reported straight to the requesting consumer thread by [`BatchDelivery`].
-pub fn run_producer(
-    producer: Arc<AnswerProducer>,
-    encoder: AnswerEncoder,
-    requests: mpsc::Receiver<PublishRequest>,
-) {
-    for request in requests {
-        if let Some(fatal) = producer.client().fatal_error() {
-            let _ = request
-                .done
-                .send(Err(PublishError::Fatal(format!("{fatal:?}"))));
-            break;
-        }
-        publish(&producer, &encoder, request);
-    }
-    // Every sender is gone: the consumers have stopped. Deliver what is queued.
-    if let Err(error) = producer.flush(Duration::from_secs(30)) {
-        error!("producer flush at shutdown failed: {error}");
-    }
-}
-
-fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishRequest) {
-    // Encode everything before sending anything, so a registry failure sends nothing.
-    let mut payloads = Vec::with_capacity(request.records.len());
-    for outbound in request.records.iter() {
-        match &outbound.body {
-            OutboundBody::Record(record) => match encoder.encode(&outbound.topic, record) {
-                Ok(bytes) => payloads.push(Some(bytes)),
-                Err(error) => {
-                    // Nothing was sent: all of the batch is still to publish.
-                    let unacknowledged = (0..request.records.len()).collect();
-                    let why = error.to_string();
-                    let _ = request.done.send(Err(PublishError::Retry {
-                        unacknowledged,
-                        why,
-                    }));
-                    return;
-                }
-            },
-            OutboundBody::DeadLetter { value, .. } => payloads.push(value.clone()),
-        }
-    }
-    if request.records.is_empty() {
-        let _ = request.done.send(Ok(()));
-        return;
-    }
-    let batch = BatchDelivery::new(request.records.len(), request.done);
-    for (position, (outbound, payload)) in request.records.iter().zip(payloads).enumerate() {
-        let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>, _> =
-            BaseRecord::with_opaque_to(&outbound.topic, Box::new((Arc::clone(&batch), position)));
-        if let Some(key) = &outbound.key {
-            record = record.key(key);
-        }
-        if let Some(payload) = &payload {
-            record = record.payload(payload);
-        }
-        if let OutboundBody::DeadLetter { headers, .. } = &outbound.body {
-            record = record.headers(headers.clone());
-        }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // The background thread drains the queue; give it a moment.
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((error, returned)) => {
-                    warn!("could not send to {}: {error}", returned.topic);
-                    batch.settle(position, Err(error));
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// When a consumer loop last showed it is not stuck. It beats while polling, while
-/// waiting out a backoff and while waiting for Kafka's acknowledgements, so only a call
-/// that never returns (a statement blocked on a lock forever, a hung connection) lets
-/// it go stale; liveness then fails and the orchestrator restarts the process.
-pub struct Heartbeat {
-    last: std::sync::Mutex<Instant>,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Heartbeat {
-            last: std::sync::Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Heartbeat {
-    pub fn beat(&self) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    }
-
-    pub fn silent_for(&self) -> Duration {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
     }
 }
 
@@ -301,10 +162,7 @@ pub struct CommandLoop {
 
 impl CommandLoop {
     fn topic(&self) -> &str {
-        match self.kind {
-            CommandTopic::AccountCreation => &self.topics.account_creation_commands,
-            CommandTopic::MoneyTransfer => &self.topics.money_transfer_commands,
-        }
+        self.topics.commands(self.kind)
     }
 
     /// Counts and logs a failed attempt at `batch` and waits before the next one; false
@@ -386,17 +244,13 @@ impl CommandLoop {
             }
             timeout = Duration::ZERO;
         }
-        if self
-            .consumer
-            .context()
-            .rebalanced
-            .swap(false, Ordering::AcqRel)
-            && !batch.is_empty()
+        let events = self.consumer.context();
+        if events.rebalanced.swap(false, Ordering::AcqRel)
+            && let Ok(assigned) = self.consumer.assignment()
         {
+            events.note_assignment(&assigned);
             // Records of partitions revoked while polling belong to their new owner now.
-            if let Ok(assigned) = self.consumer.assignment() {
-                batch.retain(|m| assigned.find_partition(m.topic(), m.partition()).is_some());
-            }
+            batch.retain(|m| assigned.find_partition(m.topic(), m.partition()).is_some());
         }
         batch
     }

@@ -315,6 +315,14 @@ impl Config {
     }
 }
 
+/// Where the handler serves health and metrics, from `HTTP_PORT` and `HTTP_BIND_ADDRESS`
+/// alone: the `health` command must not fail because of an unrelated variable (or a TLS
+/// store being rotated).
+pub fn http_address_from_env() -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    Vars(&lookup).http_address()
+}
+
 impl Config {
     /// How the clients reach the brokers, for logs and the `check` report.
     pub fn kafka_security(&self) -> String {

@@ -3,10 +3,8 @@
 //! instance: `/health/live` by default (the image's HEALTHCHECK), `/health/ready` on
 //! request (the compose files).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
-
-use crate::config::Config;
 
 /// Which endpoint the `health` command asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,9 +31,9 @@ impl Probe {
 }
 
 /// Asks the running handler's health endpoint on this host; Ok when it answers 200.
-/// The address follows `HTTP_PORT` and `HTTP_BIND_ADDRESS`, as the handler's own.
-pub fn probe(config: &Config, probe: Probe) -> Result<(), String> {
-    let Some(mut address) = config.http_address else {
+/// `http_address` is the handler's own (`HTTP_PORT`, `HTTP_BIND_ADDRESS`).
+pub fn probe(http_address: Option<SocketAddr>, probe: Probe) -> Result<(), String> {
+    let Some(mut address) = http_address else {
         return Err("HTTP_PORT is not set: the handler serves no health endpoint".into());
     };
     if address.port() == 0 {
@@ -49,7 +47,9 @@ pub fn probe(config: &Config, probe: Probe) -> Result<(), String> {
         });
     }
     let url = format!("http://{address}{}", probe.path());
+    // Loopback, never through a proxy that HTTP_PROXY may name.
     let client = reqwest::blocking::Client::builder()
+        .no_proxy()
         .timeout(Duration::from_secs(3))
         .build()
         .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
@@ -67,8 +67,10 @@ pub fn probe(config: &Config, probe: Probe) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn config(vars: &[(&str, &str)]) -> Config {
-        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    fn address(vars: &[(&str, &str)]) -> Option<SocketAddr> {
+        crate::config::Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap()
+            .http_address
     }
 
     #[test]
@@ -81,9 +83,9 @@ mod tests {
 
     #[test]
     fn without_a_fixed_http_port_there_is_nothing_to_probe() {
-        let no_port = probe(&config(&[]), Probe::Live).unwrap_err();
+        let no_port = probe(address(&[]), Probe::Live).unwrap_err();
         assert!(no_port.contains("HTTP_PORT is not set"), "{no_port}");
-        let any_port = probe(&config(&[("HTTP_PORT", "0")]), Probe::Live).unwrap_err();
+        let any_port = probe(address(&[("HTTP_PORT", "0")]), Probe::Live).unwrap_err();
         assert!(any_port.contains("HTTP_PORT is 0"), "{any_port}");
     }
 
@@ -97,7 +99,7 @@ mod tests {
             .port();
         let port = port.to_string();
         let why = probe(
-            &config(&[("HTTP_PORT", &port), ("HTTP_BIND_ADDRESS", "0.0.0.0")]),
+            address(&[("HTTP_PORT", &port), ("HTTP_BIND_ADDRESS", "0.0.0.0")]),
             Probe::Ready,
         )
         .unwrap_err();

@@ -1,4 +1,5 @@
-use open_bank_command_handler::{app, check, config::Config, health_check};
+use open_bank_command_handler::config::{self, Config};
+use open_bank_command_handler::{app, check, health_check};
 
 const USAGE: &str = "\
 command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
@@ -36,8 +37,11 @@ fn main() {
                 eprint!("command-handler: health takes live or ready\n\n{USAGE}");
                 std::process::exit(2);
             };
-            let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e.to_string()));
-            match health_check::probe(&config, probe) {
+            let address = config::http_address_from_env().unwrap_or_else(|e| {
+                eprintln!("command-handler health: {e}");
+                std::process::exit(1)
+            });
+            match health_check::probe(address, probe) {
                 Ok(()) => return,
                 Err(why) => {
                     eprintln!("command-handler health: {why}");

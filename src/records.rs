@@ -469,6 +469,16 @@ impl AnswerEncoder {
                     a_type: AccountType::Auto,
                 },
             ),
+            // Both symbols: a registered enum must know each (in the same order).
+            (
+                &topics.account_creation_feedback,
+                OutputRecord::AccountCreationConfirmed {
+                    id,
+                    iban: String::new(),
+                    token: String::new(),
+                    a_type: AccountType::Manual,
+                },
+            ),
             (
                 &topics.account_creation_feedback,
                 OutputRecord::AccountCreationFailed {
@@ -503,21 +513,28 @@ impl AnswerEncoder {
             if let Err(error) = self.try_encode(topic, record) {
                 self.encoder.remove_errors_from_cache();
                 return Err(if positive_evidence(&error) {
-                    SubjectError::Unusable(if registry_status(&error) == Some(404) {
-                        format!(
-                            "subject {subject} is not registered in the Schema Registry. The \
+                    SubjectError::Unusable(
+                        if registry_status(&error) == Some(404) && self.register {
+                            format!(
+                                "subject {subject} is not registered and the Schema Registry \
+                             refused to register the handler's schema under it: {error}"
+                            )
+                        } else if registry_status(&error) == Some(404) {
+                            format!(
+                                "subject {subject} is not registered in the Schema Registry. The \
                              handler writes with each subject's latest registered version, as \
                              the JVM handler does: register the schema (the Open Bank stack's \
                              synchronizer does), or set SCHEMA_REGISTRY_AUTO_REGISTER=true to let \
                              the handler register its own"
-                        )
-                    } else {
-                        format!(
-                            "the latest schema of subject {subject} cannot encode the handler's \
+                            )
+                        } else {
+                            format!(
+                                "the latest schema of subject {subject} cannot encode the handler's \
                              {} records: {error}",
-                            record.full_name()
-                        )
-                    })
+                                record.full_name()
+                            )
+                        },
+                    )
                 } else {
                     SubjectError::RegistryUnavailable(format!("subject {subject}: {error}"))
                 });

@@ -129,17 +129,27 @@ fn read_pkcs12(
             path.display()
         ))
     })?;
-    // OpenSSL's reason ("mac verify failure") names no secret.
+    // OpenSSL's reasons ("mac verify failure", "unsupported") name no secret.
     store.parse2(password.expose()).map_err(|e| {
-        let reason = e
-            .errors()
-            .first()
-            .and_then(|e| e.reason())
-            .unwrap_or("cannot be opened");
-        error(format!(
-            "{} cannot be opened with SSL_PASSWORD ({reason}): a wrong password?",
-            path.display()
-        ))
+        let reasons: Vec<&str> = e.errors().iter().filter_map(|e| e.reason()).collect();
+        let reason = reasons.first().copied().unwrap_or("cannot be opened");
+        if reasons.iter().any(|r| r.contains("unsupported")) {
+            // keytool of Java 9 to 11.0.11 encrypts PKCS#12 with RC2, which OpenSSL 3
+            // reads only with its legacy provider.
+            error(format!(
+                "{} is encrypted with an algorithm OpenSSL 3 no longer reads by default \
+                 (RC2 or 3DES, as keytool before Java 11.0.12 wrote) ({reason}). Convert it \
+                 with a current keytool: keytool -importkeystore -srckeystore {0} \
+                 -destkeystore {0}.p12 -deststoretype PKCS12, and name the new file in \
+                 {variable}; or use the KAFKA_SSL_* variables with PEM files instead",
+                path.display()
+            ))
+        } else {
+            error(format!(
+                "{} cannot be opened with SSL_PASSWORD ({reason}): a wrong password?",
+                path.display()
+            ))
+        }
     })
 }
 

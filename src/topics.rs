@@ -97,8 +97,16 @@ pub fn ensure_dead_letter_topic(config: &Config) -> Result<Option<TopicShape>, T
             Ok(Some(shape))
         }
         Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(None),
-        Some(Err((_, RDKafkaErrorCode::RequestTimedOut))) => Err(TopicError::Unreachable(format!(
-            "creating topic {topic} timed out"
+        // The cluster is busy or still electing: ask again.
+        Some(Err((
+            _,
+            code @ (RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NetworkException),
+        ))) => Err(TopicError::Unreachable(format!(
+            "creating topic {topic}: {code}"
         ))),
         Some(Err((_, code))) => Err(TopicError::Refused(format!(
             "the dead-letter topic {topic} does not exist and the brokers refused to create it \

@@ -15,14 +15,12 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::rules::{
-    self, AccountCreationOutcome, AccountType, BalanceChange, IBAN_ATTEMPTS, Iban, Transfer,
-    settle_transfer,
+    self, AccountCreationOutcome, AccountType, BalanceChange, IBAN_ATTEMPTS, IBAN_TAKEN, Iban,
+    Transfer, settle_transfer,
 };
 use crate::storage::{
     self, NewAccountCreation, NewBalance, NewBalanceChange, NewTransfer, RecordPosition,
 };
-
-pub const IBAN_TAKEN: &str = "generated iban already exists, try again";
 
 /// A ConfirmAccountCreation, as the handler needs it.
 #[derive(Clone, Debug)]
@@ -118,17 +116,8 @@ pub fn handle_account_creations(
 
         for command in &fresh {
             let (iban, token) = &drawn[&command.id];
-            let answer = if failed.contains(&command.id) {
-                AccountCreationOutcome::Failed {
-                    reason: IBAN_TAKEN.to_string(),
-                }
-            } else {
-                AccountCreationOutcome::Confirmed {
-                    iban: iban.to_string(),
-                    token: token.clone(),
-                    account_type: command.account_type,
-                }
-            };
+            let taken = failed.contains(&command.id);
+            let answer = AccountCreationOutcome::decide(iban, token, command.account_type, taken);
             answers.insert(command.id, answer);
         }
         Ok(commands.iter().map(|c| answers[&c.id].clone()).collect())

@@ -124,6 +124,55 @@ pub enum AccountCreationOutcome {
     },
 }
 
+/// The answer when every IBAN drawn for a new account was taken (SPEC §5).
+pub const IBAN_TAKEN: &str = "generated iban already exists, try again";
+/// The answer, given again, to a recorded account creation that lacks its IBAN, token or
+/// type: a row the JVM handler could not have written, answered as failed rather than
+/// by inventing an account.
+pub const INCOMPLETE_ACCOUNT_CREATION: &str = "account creation record is incomplete";
+/// A new account's starting amount (SPEC §5); its limit is [`NEW_ACCOUNT_LIMIT`].
+pub const NEW_ACCOUNT_AMOUNT: i64 = 0;
+
+impl AccountCreationOutcome {
+    /// SPEC §5 ConfirmAccountCreation, step 2: the IBAN and token drawn for the command,
+    /// and whether that IBAN is taken (after the draws allowed, [`IBAN_ATTEMPTS`]).
+    pub fn decide(iban: &Iban, token: &str, account_type: AccountType, taken: bool) -> Self {
+        if taken {
+            AccountCreationOutcome::Failed {
+                reason: IBAN_TAKEN.to_string(),
+            }
+        } else {
+            AccountCreationOutcome::Confirmed {
+                iban: iban.to_string(),
+                token: token.to_string(),
+                account_type,
+            }
+        }
+    }
+
+    /// SPEC §5 ConfirmAccountCreation, step 1: the answer a recorded outcome gives again.
+    pub fn recorded(
+        reason: Option<String>,
+        iban: Option<String>,
+        token: Option<String>,
+        account_type: Option<AccountType>,
+    ) -> Self {
+        match (reason, iban, token, account_type) {
+            (None, Some(iban), Some(token), Some(account_type)) => {
+                AccountCreationOutcome::Confirmed {
+                    iban,
+                    token,
+                    account_type,
+                }
+            }
+            (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
+            _ => AccountCreationOutcome::Failed {
+                reason: INCOMPLETE_ACCOUNT_CREATION.to_string(),
+            },
+        }
+    }
+}
+
 /// One `balance` row as the rules need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
@@ -609,5 +658,63 @@ mod tests {
         assert_eq!(touched, vec![bob()]);
         let touched: Vec<_> = ibans_touched(&transfer(alice().as_str(), "elsewhere", 1)).collect();
         assert_eq!(touched, vec![alice()]);
+    }
+
+    #[test]
+    fn a_new_account_is_confirmed_unless_its_drawn_iban_is_taken() {
+        let iban = Iban::from_account_number(123_456_789);
+        assert_eq!(
+            AccountCreationOutcome::decide(
+                &iban,
+                "12345678901234567890",
+                AccountType::Manual,
+                false
+            ),
+            AccountCreationOutcome::Confirmed {
+                iban: iban.to_string(),
+                token: "12345678901234567890".into(),
+                account_type: AccountType::Manual,
+            }
+        );
+        assert_eq!(
+            AccountCreationOutcome::decide(&iban, "12345678901234567890", AccountType::Auto, true),
+            AccountCreationOutcome::Failed {
+                reason: "generated iban already exists, try again".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_recorded_account_creation_is_answered_as_recorded_or_as_incomplete() {
+        let confirmed = AccountCreationOutcome::recorded(
+            None,
+            Some("NL66OPEN0000000000".into()),
+            Some("t".into()),
+            Some(AccountType::Auto),
+        );
+        assert!(matches!(
+            confirmed,
+            AccountCreationOutcome::Confirmed { .. }
+        ));
+        let failed =
+            AccountCreationOutcome::recorded(Some("why".into()), Some("x".into()), None, None);
+        assert_eq!(
+            failed,
+            AccountCreationOutcome::Failed {
+                reason: "why".into()
+            }
+        );
+        let incomplete = AccountCreationOutcome::recorded(
+            None,
+            Some("NL66OPEN0000000000".into()),
+            None,
+            Some(AccountType::Auto),
+        );
+        assert_eq!(
+            incomplete,
+            AccountCreationOutcome::Failed {
+                reason: "account creation record is incomplete".into()
+            }
+        );
     }
 }

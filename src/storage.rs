@@ -13,7 +13,8 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use uuid::Uuid;
 
 use crate::rules::{
-    Account, AccountCreationOutcome, AccountType, BalanceChange, Iban, NEW_ACCOUNT_LIMIT,
+    Account, AccountCreationOutcome, AccountType, BalanceChange, Iban, NEW_ACCOUNT_AMOUNT,
+    NEW_ACCOUNT_LIMIT,
 };
 use crate::schema::{balance, cac, cmt, cmt_balance_changed};
 
@@ -178,26 +179,12 @@ pub fn recorded_account_creations(
                  account_type,
                  reason,
              }| {
-                let recorded = match (
+                let recorded = AccountCreationOutcome::recorded(
                     reason,
                     iban,
                     token,
                     account_type.as_deref().and_then(AccountType::parse),
-                ) {
-                    (None, Some(iban), Some(token), Some(account_type)) => {
-                        AccountCreationOutcome::Confirmed {
-                            iban,
-                            token,
-                            account_type,
-                        }
-                    }
-                    (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
-                    // A row the JVM handler could not have written; answer it as failed rather
-                    // than invent an account.
-                    _ => AccountCreationOutcome::Failed {
-                        reason: "account creation record is incomplete".into(),
-                    },
-                };
+                );
                 (uuid, recorded)
             },
         )
@@ -227,7 +214,7 @@ impl<'a> NewBalance<'a> {
         NewBalance {
             iban,
             token,
-            amount: 0,
+            amount: NEW_ACCOUNT_AMOUNT,
             account_type: account_type.as_str(),
             lmt: NEW_ACCOUNT_LIMIT,
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::backoff::{Backoff, sleep_unless_shutdown};
 use crate::config::{CommandTopic, Config};
 use crate::heartbeat::Heartbeat;
 use crate::http;
@@ -243,20 +244,17 @@ fn retry_until_shutdown<T>(
     what: &str,
     mut attempt: impl FnMut() -> Result<T, String>,
 ) -> Option<T> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match attempt() {
+        let why = match attempt() {
             Ok(outcome) => return Some(outcome),
-            Err(why) => warn!("{what} not ready, retrying in {delay:?}: {why}"),
+            Err(why) => why,
+        };
+        let delay = backoff.next_delay();
+        warn!("{what} not ready, retrying in {delay:?}: {why}");
+        if !sleep_unless_shutdown(delay, shutdown, || {}) {
+            return None;
         }
-        let until = std::time::Instant::now() + delay;
-        while std::time::Instant::now() < until {
-            if shutdown.load(Ordering::Acquire) {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

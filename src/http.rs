@@ -253,10 +253,7 @@ fn probe_until_shutdown(dependencies: &Dependencies, latest: &Mutex<Option<Probe
             at: Instant::now(),
             checks,
         });
-        let until = Instant::now() + PROBE_INTERVAL;
-        while Instant::now() < until && !dependencies.shutdown.load(Ordering::Acquire) {
-            thread::sleep(Duration::from_millis(100));
-        }
+        crate::backoff::sleep_unless_shutdown(PROBE_INTERVAL, &dependencies.shutdown, || {});
     }
 }
 

@@ -11,11 +11,12 @@
 //! - [`kafka`]: client settings and contexts; [`topics`]: the dead-letter topic, created at start-up;
 //! - [`pipeline`]: the consumer loops (delivery guarantee); [`produce`]: the producer thread;
 //! - [`metrics`] and [`http`]: Prometheus metrics, health and readiness over HTTP;
-//! - [`app`]: wiring and shutdown;
+//! - [`app`]: wiring and shutdown; [`backoff`]: waiting without missing a shutdown;
 //! - [`check`]: the `check` command's report;
 //! - [`health_check`]: the `health` command, the container image's health check.
 
 pub mod app;
+pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod handler;

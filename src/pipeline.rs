@@ -33,6 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use uuid::Uuid;
 
+use crate::backoff;
 use crate::config::{CommandTopic, Topics};
 use crate::handler::{self, AccountCreationCommand, TransferCommand};
 use crate::heartbeat::Heartbeat;
@@ -53,21 +54,16 @@ impl fmt::Display for Stopped {
     }
 }
 
-/// Exponential backoff between attempts at the same work, capped, with a log line.
-struct Backoff {
-    delay: Duration,
-    attempts: u32,
-}
+/// The consumer loop's retry of a batch: a [`backoff::Backoff`] from 0.1 s to 10 s, a
+/// log line per attempt (errors from the fifth on), and the heartbeat kept beating.
+struct Backoff(backoff::Backoff);
 
 impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
     fn new() -> Self {
-        Backoff {
-            delay: Self::FIRST,
-            attempts: 0,
-        }
+        Backoff(backoff::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        ))
     }
 
     /// Waits before the next attempt; false when shutdown was requested meanwhile.
@@ -78,28 +74,18 @@ impl Backoff {
         what: &str,
         error: &dyn fmt::Display,
     ) -> bool {
-        self.attempts += 1;
-        let level = if self.attempts < 5 {
+        let delay = self.0.next_delay();
+        let attempts = self.0.attempts();
+        let level = if attempts < 5 {
             log::Level::Warn
         } else {
             log::Level::Error
         };
         log::log!(
             level,
-            "{what} failed (attempt {}), retrying in {:?}: {error}",
-            self.attempts,
-            self.delay
+            "{what} failed (attempt {attempts}), retrying in {delay:?}: {error}"
         );
-        let until = Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(Self::MAX);
-        while Instant::now() < until {
-            if shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            heartbeat.beat();
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        !shutdown.load(Ordering::Acquire)
+        backoff::sleep_unless_shutdown(delay, shutdown, || heartbeat.beat())
     }
 }
 

@@ -213,6 +213,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The JVM handler's TLS variables (SPEC §8): keystore, truststore, their one password.
+const JVM_TLS_VARIABLES: [&str; 3] = [
+    "SSL_KEYSTORE_LOCATION",
+    "SSL_TRUSTSTORE_LOCATION",
+    "SSL_PASSWORD",
+];
+
 /// Database name and user of the JVM deployments, reached through the DB_* trio.
 pub const DATABASE_NAME: &str = "balancedb";
 pub const DEFAULT_DB_USER: &str = "clojure_ch";
@@ -265,13 +272,9 @@ impl Config {
         let mut jvm_stores_ignored = false;
         let tls = match vars.tls()? {
             Some(files) => {
-                jvm_stores_ignored = [
-                    "SSL_KEYSTORE_LOCATION",
-                    "SSL_TRUSTSTORE_LOCATION",
-                    "SSL_PASSWORD",
-                ]
-                .iter()
-                .any(|name| vars.get(name).is_some());
+                jvm_stores_ignored = JVM_TLS_VARIABLES
+                    .iter()
+                    .any(|name| vars.get(name).is_some());
                 Some(KafkaTls::Pem(files))
             }
             None => vars.jvm_stores()?.map(KafkaTls::JvmStores),
@@ -511,30 +514,18 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     /// overrides the folder), and both stores are opened now, so that a wrong password
     /// or a store of the wrong kind stops start-up with a clear message.
     fn jvm_stores(&self) -> Result<Option<JvmStores>, ConfigError> {
-        let keystore = self.get("SSL_KEYSTORE_LOCATION");
-        let truststore = self.get("SSL_TRUSTSTORE_LOCATION");
-        let password = self.get("SSL_PASSWORD");
+        let [keystore, truststore, password] = JVM_TLS_VARIABLES.map(|name| self.get(name));
         let (keystore, truststore, password) = match (keystore, truststore, password) {
             (None, None, None) => return Ok(None),
             (Some(k), Some(t), Some(p)) => (k, t, Secret::new(p)),
-            (k, t, password) => {
-                let given = if k.is_some() {
-                    "SSL_KEYSTORE_LOCATION"
-                } else if t.is_some() {
-                    "SSL_TRUSTSTORE_LOCATION"
-                } else {
-                    "SSL_PASSWORD"
-                };
-                let absent = [
-                    ("SSL_KEYSTORE_LOCATION", k.is_none()),
-                    ("SSL_TRUSTSTORE_LOCATION", t.is_none()),
-                    ("SSL_PASSWORD", password.is_none()),
-                ]
-                .into_iter()
-                .find(|(_, absent)| *absent)
-                .map(|(name, _)| name)
-                .unwrap_or("SSL_PASSWORD");
-                return Err(missing(absent, given));
+            _ => {
+                let set = |name: &str| self.get(name).is_some();
+                let given = JVM_TLS_VARIABLES.into_iter().find(|name| set(name));
+                let absent = JVM_TLS_VARIABLES.into_iter().find(|name| !set(name));
+                return Err(missing(
+                    absent.unwrap_or_default(),
+                    given.unwrap_or_default(),
+                ));
             }
         };
         let directory =

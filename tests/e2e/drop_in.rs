@@ -226,10 +226,7 @@ fn a_wrong_password_or_a_legacy_store_stops_start_up_with_a_clear_message() {
 
     let mut legacy = jvm_tls(open_bank, &open_bank.password);
     legacy[1].1 = "legacy.command-handler.keystore.jks".to_string();
-    let handler = env.start_handler(&as_overrides(&legacy));
-    let status = env.handler(handler).wait_exit(WAIT);
-    assert!(!status.success());
-    let log = env.handler(handler).log();
+    let log = env.start_expecting_refusal(&as_overrides(&legacy));
     assert!(log.contains("is a legacy JKS store"), "{log}");
     assert!(log.contains("keytool -importkeystore"), "{log}");
     assert!(log.contains("KAFKA_SSL_*"), "{log}");
@@ -248,10 +245,8 @@ fn a_missing_or_unusable_subject_stops_start_up_naming_it() {
             "MoneyTransferFailed",
         ],
     );
-    let handler = env.start_handler(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
-    assert!(!env.handler(handler).wait_exit(WAIT).success());
+    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
     let subject = format!("{}-nl.openweb.data.BalanceChanged", env.topics.bc);
-    let log = env.handler(handler).log();
     assert!(
         log.contains(&format!("subject {subject} is not registered")),
         "{log}"
@@ -261,9 +256,7 @@ fn a_missing_or_unusable_subject_stops_start_up_naming_it() {
     // Registered now, but with a field the handler has no value for.
     let schema = r#"{"type":"record","name":"BalanceChanged","namespace":"nl.openweb.data","fields":[{"name":"iban","type":"string"},{"name":"new_balance","type":"long"},{"name":"changed_by","type":"long"},{"name":"from_to","type":"string"},{"name":"description","type":"string"},{"name":"branch","type":"string"}]}"#;
     env.register(&env.topics.bc.clone(), "BalanceChanged", schema);
-    let handler = env.start_handler(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
-    assert!(!env.handler(handler).wait_exit(WAIT).success());
-    let log = env.handler(handler).log();
+    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
     assert!(
         log.contains(&format!(
             "the latest schema of subject {subject} cannot encode"
@@ -279,12 +272,10 @@ fn a_dead_letter_topic_the_brokers_refuse_to_create_stops_start_up() {
     let mut env = TestEnv::new("dlq_refused");
     let dead_letters = format!("{}.dead-letters", env.name);
     // Three replicas on a one-broker cluster: the broker says no.
-    let handler = env.start_handler(&[
+    let log = env.start_expecting_refusal(&[
         ("KAFKA_DEAD_LETTER_TOPIC", dead_letters.as_str()),
         ("KAFKA_DEAD_LETTER_REPLICATION", "3"),
     ]);
-    assert!(!env.handler(handler).wait_exit(WAIT).success());
-    let log = env.handler(handler).log();
     assert!(
         log.contains(&format!(
             "the dead-letter topic {dead_letters} does not exist and the brokers refused to create it"

@@ -587,6 +587,19 @@ impl TestEnv {
         index
     }
 
+    /// Starts a handler that must refuse to start: waits for it to exit, fails the test
+    /// if it exits 0, and returns its log.
+    pub fn start_expecting_refusal(&mut self, overrides: &[(&str, &str)]) -> String {
+        let index = self.start_handler(overrides);
+        let status = self.handler(index).wait_exit(WAIT);
+        let log = self.handler(index).log();
+        assert!(
+            !status.success(),
+            "the handler started and exited 0:\n{log}"
+        );
+        log
+    }
+
     /// Runs `command-handler check` with this test's environment plus `overrides`:
     /// its exit status, and its stdout and stderr together.
     pub fn run_check(&self, overrides: &[(&str, &str)]) -> (ExitStatus, String) {

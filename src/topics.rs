@@ -72,11 +72,17 @@ pub fn ensure_dead_letter_topic(config: &Config) -> Result<Option<TopicShape>, T
     if partitions_of(&metadata, topic).is_some() {
         return Ok(None);
     }
-    let shape = default_shape(
-        config,
-        partitions_of(&metadata, &config.topics.money_transfer_commands),
-        metadata.brokers().len(),
-    );
+    let command_partitions = partitions_of(&metadata, &config.topics.money_transfer_commands);
+    if command_partitions.is_none() && config.dead_letter_partitions.is_none() {
+        // The topics are made by whatever manages the cluster, perhaps just after this
+        // handler starts: wait rather than guess a partition count.
+        return Err(TopicError::Unreachable(format!(
+            "waiting for the command topic {}, whose partition count the dead-letter topic \
+             {topic} takes (or set KAFKA_DEAD_LETTER_PARTITIONS)",
+            config.topics.money_transfer_commands
+        )));
+    }
+    let shape = default_shape(config, command_partitions, metadata.brokers().len());
     let new_topic = NewTopic::new(
         topic,
         shape.partitions,

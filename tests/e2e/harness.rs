@@ -208,6 +208,42 @@ impl Stack {
                 panic!("cannot create topic {topic}: {error}");
             }
         }
+        self.wait_for_leaders(names, partitions);
+    }
+
+    /// The controller answers before every broker's metadata has the new topics: wait
+    /// until each partition has a leader, so that a handler started next sees them.
+    fn wait_for_leaders(&self, names: &[&String], partitions: i32) {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("metadata reader");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let metadata = reader
+                .fetch_metadata(None, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("cannot read metadata from {}: {e}", self.brokers));
+            let missing: Vec<&String> = names
+                .iter()
+                .copied()
+                .filter(|name| {
+                    !metadata.topics().iter().any(|t| {
+                        t.name() == name.as_str()
+                            && t.error().is_none()
+                            && t.partitions().len() as i32 == partitions
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topics created but without leaders after 30 s: {missing:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn delete_topics(&self, names: &[&String]) {

@@ -4,37 +4,53 @@
 //! `mpsc` channel. A signal stops the consumers after the batch in flight; the producer
 //! thread then flushes and the consumers' last offsets are committed.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::backoff::{Backoff, sleep_unless_shutdown};
-use crate::config::{CommandTopic, Config};
-use crate::heartbeat::Heartbeat;
-use crate::http;
-use crate::kafka;
-use crate::metrics::Metrics;
-use crate::pipeline::{CommandLoop, Destinations};
-use crate::produce::{self, run_producer};
-use crate::records::{
+use crate::config::Config;
+use crate::consume::consumer::{self, CommandConsumer};
+use crate::consume::kinds::{AccountCreations, CommandKind, MoneyTransfers};
+use crate::consume::{CommandLoop, LoopError};
+use crate::db::{self, Database};
+use crate::kafka::topics::{self, TopicError};
+use crate::ops::heartbeat::Heartbeat;
+use crate::ops::http;
+use crate::ops::metrics::Metrics;
+use crate::produce::{self, Destinations, PublishRequest, run_producer};
+use crate::wire::{
     AnswerEncoder, CommandDecoder, REGISTRY_TIMEOUT, SubjectError, limit_datum_allocations,
     registry_settings,
 };
-use crate::storage;
-use crate::topics::{self, TopicError};
+
+/// Why the handler stopped other than by a signal; `main` turns it into an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Start-up cannot go on: the operator must act (a refused migration, a missing
+    /// subject, a dead-letter topic that cannot be made, a port in use).
+    #[error("{0}")]
+    Startup(String),
+    /// A consumer loop stopped for good.
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    #[error("the {0} thread panicked")]
+    Panicked(String),
+}
 
 /// Runs the handler until a signal (Ok) or a failure it cannot recover from (Err).
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config) -> Result<(), RunError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [SIGTERM, SIGINT] {
         // A second signal while shutting down exits at once.
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&shutdown))
             .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&shutdown)))
-            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+            .map_err(|e| RunError::Startup(format!("cannot install signal handler: {e}")))?;
     }
     info!(
         "starting: brokers {}, topics {:?}, group {}, security {}, batch size {}",
@@ -56,14 +72,14 @@ pub fn run(config: Config) -> Result<(), String> {
             names.join(", ")
         );
     }
-    let database = storage::Database::new(config.database_url.expose(), config.db_pool_size);
+    let database = Database::new(config.database_url.expose(), config.db_pool_size);
     let registry_with_timeout = |timeout| {
         registry_settings(
             config.schema_registry_url.expose(),
             config.registry_credentials.as_ref(),
             timeout,
         )
-        .map_err(|e| format!("invalid configuration: SCHEMA_REGISTRY_URL: {e}"))
+        .map_err(|e| RunError::Startup(e.to_string()))
     };
     let registry = registry_with_timeout(REGISTRY_TIMEOUT)?;
     let metrics = Arc::new(Metrics::new());
@@ -73,7 +89,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut http_thread = None;
     let mut http_dependencies = None;
     if let Some(address) = config.http_address {
-        let server = http::bind(address)?;
+        let server = http::bind(address).map_err(RunError::Startup)?;
         let dependencies = Arc::new(http::Dependencies {
             database: database.clone(),
             liveness_stall: config.liveness_stall,
@@ -86,7 +102,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let thread = thread::Builder::new()
             .name("http".into())
             .spawn(move || http::serve(server, dependencies))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RunError::Startup(format!("cannot start the http thread: {e}")))?;
         http_thread = Some(thread);
     }
 
@@ -98,26 +114,26 @@ pub fn run(config: Config) -> Result<(), String> {
     let topic_ready = retry_until_shutdown(&shutdown, "the dead-letter topic", || {
         match topics::ensure_dead_letter_topic(&config) {
             Ok(_) => Ok(Ok(())),
-            Err(TopicError::Unreachable(why)) => Err(why),
-            Err(TopicError::Refused(why)) => Ok(Err(why)),
+            Err(error @ TopicError::Unreachable(_)) => Err(error.to_string()),
+            Err(error @ TopicError::Refused(_)) => Ok(Err(error.to_string())),
         }
     });
     match topic_ready {
         None => return Ok(()),
-        Some(outcome) => outcome?,
+        Some(outcome) => outcome.map_err(RunError::Startup)?,
     }
     // Every subject the handler writes with, before the first command is taken.
     let encoder = AnswerEncoder::new(registry.clone(), config.register_schemas);
     let subjects_ready = retry_until_shutdown(&shutdown, "the Schema Registry", || {
         match encoder.check_subjects(&config.topics) {
             Ok(()) => Ok(Ok(())),
-            Err(SubjectError::RegistryUnavailable(why)) => Err(why),
-            Err(SubjectError::Unusable(why)) => Ok(Err(why)),
+            Err(error @ SubjectError::RegistryUnavailable(_)) => Err(error.to_string()),
+            Err(error @ SubjectError::Unusable(_)) => Ok(Err(error.to_string())),
         }
     });
     match subjects_ready {
         None => return Ok(()),
-        Some(outcome) => outcome?,
+        Some(outcome) => outcome.map_err(RunError::Startup)?,
     }
     if config.register_schemas {
         info!("output schemas: the handler's own, registered (SCHEMA_REGISTRY_AUTO_REGISTER=true)");
@@ -128,7 +144,7 @@ pub fn run(config: Config) -> Result<(), String> {
     limit_datum_allocations();
     let producer = Arc::new(
         produce::answer_producer(&config)
-            .map_err(|e| format!("cannot create Kafka producer: {e}"))?,
+            .map_err(|e| RunError::Startup(format!("cannot create Kafka producer: {e}")))?,
     );
     let (publish, requests) = mpsc::channel();
     let producer_thread = thread::Builder::new()
@@ -137,47 +153,27 @@ pub fn run(config: Config) -> Result<(), String> {
             let producer = Arc::clone(&producer);
             move || run_producer(producer, encoder, requests)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RunError::Startup(format!("cannot start the producer thread: {e}")))?;
 
-    let mut consumer_threads = Vec::new();
+    let shared = LoopParts {
+        config: &config,
+        registry: &registry,
+        database: &database,
+        publish: &publish,
+        shutdown: &shutdown,
+        metrics: &metrics,
+    };
+    let accounts = shared.spawn::<AccountCreations>()?;
+    let transfers = shared.spawn::<MoneyTransfers>()?;
+    drop(publish);
     let mut consumers = Vec::new();
     let mut heartbeats = Vec::new();
-    for kind in CommandTopic::BOTH {
-        let topic = config.topics.commands(kind);
-        let consumer = Arc::new(
-            kafka::command_consumer(&config, topic, Arc::clone(&metrics))
-                .map_err(|e| format!("cannot create Kafka consumer of {topic}: {e}"))?,
-        );
-        consumers.push(Arc::clone(&consumer));
-        let heartbeat = Arc::new(Heartbeat::default());
-        heartbeats.push((topic.clone(), Arc::clone(&heartbeat)));
-        let command_loop = CommandLoop {
-            kind,
-            consumer,
-            decoder: CommandDecoder::new(registry.clone()),
-            database: database.clone(),
-            topics: config.topics.clone(),
-            destinations: Destinations::from(&config.topics),
-            publish: publish.clone(),
-            shutdown: Arc::clone(&shutdown),
-            batch_size: config.batch_size,
-            metrics: Arc::clone(&metrics),
-            heartbeat,
-        };
-        let shutdown = Arc::clone(&shutdown);
-        let name = format!("{kind:?}").to_lowercase();
-        let handle = thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                let outcome = command_loop.run();
-                // One loop failing stops the other: the process exits and restarts whole.
-                shutdown.store(true, Ordering::Release);
-                outcome
-            })
-            .map_err(|e| e.to_string())?;
-        consumer_threads.push(handle);
+    let mut consumer_threads = Vec::new();
+    for running in [accounts, transfers] {
+        consumers.push(running.consumer);
+        heartbeats.push(running.heartbeat);
+        consumer_threads.push(running.thread);
     }
-    drop(publish);
     if let Some(dependencies) = &http_dependencies {
         let clients = http::KafkaClients {
             consumers,
@@ -190,15 +186,15 @@ pub fn run(config: Config) -> Result<(), String> {
     info!("running");
 
     let mut failure = None;
-    for handle in consumer_threads {
+    for (name, handle) in consumer_threads {
         match handle.join() {
             Ok(Ok(())) => {}
-            Ok(Err(stopped)) => failure = Some(stopped.to_string()),
-            Err(_) => failure = Some("a consumer thread panicked".to_string()),
+            Ok(Err(stopped)) => failure = Some(RunError::Loop(stopped)),
+            Err(_) => failure = Some(RunError::Panicked(name)),
         }
     }
     if producer_thread.join().is_err() {
-        failure.get_or_insert_with(|| "the producer thread panicked".to_string());
+        failure.get_or_insert_with(|| RunError::Panicked("producer".into()));
     }
     // The consumers are done, so the shutdown flag is up and the server stops too.
     shutdown.store(true, Ordering::Release);
@@ -219,10 +215,10 @@ pub fn run(config: Config) -> Result<(), String> {
 /// Runs the migrations, waiting for the database with backoff; Ok(false) on shutdown.
 /// A migration that fails on a reachable database stops start-up: retrying would not
 /// help, and the operator must see why (for example duplicate IBANs in `balance`).
-fn migrate(database: &storage::Database, shutdown: &AtomicBool) -> Result<bool, String> {
+fn migrate(database: &Database, shutdown: &AtomicBool) -> Result<bool, RunError> {
     let migrated = retry_until_shutdown(shutdown, "the database", || {
-        let mut conn = database.connection()?;
-        Ok(storage::run_migrations(&mut conn).map(|applied| {
+        let mut conn = database.connection().map_err(|e| e.to_string())?;
+        Ok(db::migrations::run_migrations(&mut conn).map(|applied| {
             if applied.is_empty() {
                 info!("database schema is up to date");
             } else {
@@ -232,7 +228,9 @@ fn migrate(database: &storage::Database, shutdown: &AtomicBool) -> Result<bool, 
     });
     match migrated {
         None => Ok(false),
-        Some(outcome) => outcome.map(|()| true),
+        Some(outcome) => outcome
+            .map(|()| true)
+            .map_err(|e| RunError::Startup(database.scrub(&e.to_string()))),
     }
 }
 
@@ -292,9 +290,67 @@ pub fn init_logging() {
     builder.init();
 }
 
-/// Logs a failure to start and exits non-zero; used by `main`.
-pub fn exit_with(message: &str) -> ! {
+/// Logs why the handler stops and exits with `code`; used by `main`.
+pub fn exit_with(message: &dyn std::fmt::Display, code: i32) -> ! {
     error!("{message}");
     eprintln!("command-handler: {message}");
-    std::process::exit(1)
+    std::process::exit(code)
+}
+
+/// What the consumer loops share, to start one per kind of command.
+struct LoopParts<'a> {
+    config: &'a Config,
+    registry: &'a schema_registry_converter::blocking::schema_registry::SrSettings,
+    database: &'a Database,
+    publish: &'a mpsc::Sender<PublishRequest>,
+    shutdown: &'a Arc<AtomicBool>,
+    metrics: &'a Arc<Metrics>,
+}
+
+/// A started consumer loop: its consumer and heartbeat (for the probes) and thread.
+struct RunningLoop {
+    consumer: Arc<CommandConsumer>,
+    heartbeat: (String, Arc<Heartbeat>),
+    thread: (String, JoinHandle<Result<(), LoopError>>),
+}
+
+impl LoopParts<'_> {
+    fn spawn<K: CommandKind + 'static>(&self) -> Result<RunningLoop, RunError> {
+        let topic = self.config.topics.commands(K::TOPIC);
+        let consumer = Arc::new(
+            consumer::command_consumer(self.config, topic, Arc::clone(self.metrics)).map_err(
+                |e| RunError::Startup(format!("cannot create Kafka consumer of {topic}: {e}")),
+            )?,
+        );
+        let heartbeat = Arc::new(Heartbeat::default());
+        let command_loop = CommandLoop::<K> {
+            consumer: Arc::clone(&consumer),
+            decoder: CommandDecoder::new(self.registry.clone()),
+            database: self.database.clone(),
+            topics: self.config.topics.clone(),
+            destinations: Destinations::from(&self.config.topics),
+            publish: self.publish.clone(),
+            shutdown: Arc::clone(self.shutdown),
+            batch_size: self.config.batch_size,
+            metrics: Arc::clone(self.metrics),
+            heartbeat: Arc::clone(&heartbeat),
+            kind: PhantomData,
+        };
+        let shutdown = Arc::clone(self.shutdown);
+        let name = K::TOPIC.label().replace(' ', "-");
+        let thread = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let outcome = command_loop.run();
+                // One loop failing stops the other: the process exits and restarts whole.
+                shutdown.store(true, Ordering::Release);
+                outcome
+            })
+            .map_err(|e| RunError::Startup(format!("cannot start the {name} thread: {e}")))?;
+        Ok(RunningLoop {
+            consumer,
+            heartbeat: (topic.clone(), heartbeat),
+            thread: (name, thread),
+        })
+    }
 }

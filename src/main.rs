@@ -1,5 +1,16 @@
+use open_bank_command_handler::app;
 use open_bank_command_handler::config::{self, Config};
-use open_bank_command_handler::{app, check, health_check};
+use open_bank_command_handler::ops::{check, health_check};
+
+/// Exit codes, as the README lists them.
+mod exit {
+    /// Stopped by a failure: start-up refused by a dependency, or a loop that cannot go on.
+    pub const FAILURE: i32 = 1;
+    /// Wrong arguments.
+    pub const USAGE: i32 = 2;
+    /// Invalid configuration (`EX_CONFIG` of sysexits.h).
+    pub const CONFIG: i32 = 78;
+}
 
 const USAGE: &str = "\
 command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
@@ -35,7 +46,7 @@ fn main() {
         Some("health") => {
             let Some(probe) = health_check::Probe::parse(std::env::args().nth(2).as_deref()) else {
                 eprint!("command-handler: health takes live or ready\n\n{USAGE}");
-                std::process::exit(2);
+                std::process::exit(exit::USAGE);
             };
             let address = config::http_address_from_env().unwrap_or_else(|e| {
                 eprintln!("command-handler health: {e}");
@@ -52,15 +63,19 @@ fn main() {
         None | Some("check") => {}
         Some(other) => {
             eprint!("command-handler: unknown argument {other}\n\n{USAGE}");
-            std::process::exit(2);
+            std::process::exit(exit::USAGE);
         }
     }
     app::init_logging();
-    let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e.to_string()));
+    let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e, exit::CONFIG));
     if argument.is_some() {
-        std::process::exit(if check::check(&config) { 0 } else { 1 });
+        std::process::exit(if check::check(&config) {
+            0
+        } else {
+            exit::FAILURE
+        });
     }
     if let Err(why) = app::run(config) {
-        app::exit_with(&why);
+        app::exit_with(&why, exit::FAILURE);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use hdrhistogram::Histogram;
-use open_bank_command_handler::rules::Iban;
+use open_bank_command_handler::domain::Iban;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use uuid::Uuid;

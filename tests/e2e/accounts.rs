@@ -1,6 +1,6 @@
 //! ConfirmAccountCreation (SPEC §5) and the bank's own account.
 
-use open_bank_command_handler::rules::Iban;
+use open_bank_command_handler::domain::Iban;
 use uuid::Uuid;
 
 use crate::harness::*;

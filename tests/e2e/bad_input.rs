@@ -140,7 +140,7 @@ fn evolved_writer_schemas_still_decode() {
 /// hang. `FUZZ_ITERATIONS` raises the budget for a longer run.
 #[test]
 fn decoding_arbitrary_bytes_never_panics_or_hangs() {
-    use open_bank_command_handler::records::{
+    use open_bank_command_handler::wire::{
         CommandDecoder, DecodeError, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
     };
     use rand::{RngExt, SeedableRng};

@@ -62,7 +62,7 @@ CREATE TABLE cmt(uuid UUID not null primary key, reason text,
 fn starts_on_a_database_the_jvm_handler_filled() {
     let mut env = TestEnv::new("jvm_database");
     let account =
-        open_bank_command_handler::rules::Iban::from_account_number(123_456_789).to_string();
+        open_bank_command_handler::domain::Iban::from_account_number(123_456_789).to_string();
     let token = "12345678901234567890";
     let (created_before, refused_before) = (Uuid::new_v4(), Uuid::new_v4());
     {

@@ -1,7 +1,7 @@
 //! Every row of the ConfirmMoneyTransfer table of SPEC §5, with its exact reason and
 //! the BalanceChanged events of the confirmed ones.
 
-use open_bank_command_handler::rules::Iban;
+use open_bank_command_handler::domain::Iban;
 
 use crate::harness::*;
 

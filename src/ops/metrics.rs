@@ -1,5 +1,5 @@
 //! Prometheus metrics: what the loops count and measure, and what is read from the
-//! clients and the pool when scraped. Served by [`crate::http`] in the OpenMetrics text
+//! clients and the pool when scraped. Served by [`crate::ops::http`] in the OpenMetrics text
 //! format; every name starts with `command_handler_`.
 //!
 //! Recording is a few atomic operations, so the metrics are always kept, also when no
@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 
 use crate::config::CommandTopic;
-use crate::storage::PoolUsage;
+use crate::db::PoolUsage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {

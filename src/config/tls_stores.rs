@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use openssl::pkcs12::Pkcs12;
 
-use crate::secret::Secret;
+use crate::config::Secret;
 
 /// Where the JVM handler's images mount the stores, and so where relative names
 /// (`kafka.command-handler.keystore.jks`) are looked up.

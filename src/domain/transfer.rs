@@ -1,179 +1,28 @@
-//! The business rules of SPEC §5 as plain functions over typed values.
-//!
-//! Nothing here touches Kafka or PostgreSQL: the storage layer loads (and locks) the
-//! accounts a batch needs, hands them to these functions, and writes back what changed.
-//! That keeps every rule row testable with a few lines of Rust.
+//! SPEC §5 ConfirmMoneyTransfer: the checks, first matching row wins, and the balance
+//! changes (BalanceChanged events) of a transfer that passes them.
 
-use std::fmt;
+use uuid::Uuid;
 
-use rand::{Rng, RngExt};
+use super::RecordPosition;
+use super::iban::Iban;
 
-/// Credit limit of every new account: an account may go down to -500.00.
-pub const NEW_ACCOUNT_LIMIT: i64 = -50_000;
-/// The bank's own account, which always exists (created by the migrations).
-pub const BANK_IBAN: &str = "NL66OPEN0000000000";
-pub const BANK_TOKEN: &str = "00000000000000000000";
-pub const BANK_STARTING_AMOUNT: i64 = 100_000_000_000_000_000;
-/// How often account creation draws a new IBAN when the drawn one is taken, before it
-/// answers `generated iban already exists, try again` (SPEC §5 allows a few tries).
-pub const IBAN_ATTEMPTS: usize = 3;
-
-/// A valid Open Bank IBAN: `NL` + 2 check digits + `OPEN` + 10 digits.
-///
-/// The only way to get one is [`Iban::parse`] (which checks the check digits) or
-/// [`Iban::from_account_number`], so holding an `Iban` means it is valid.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Iban(String);
-
-impl Iban {
-    /// Builds the IBAN of a 10-digit account number (0 ..= 9_999_999_999).
-    pub fn from_account_number(number: u64) -> Iban {
-        debug_assert!(number < 10_000_000_000);
-        let digits = format!("{number:010}");
-        Iban(format!("NL{:02}OPEN{digits}", check_digits(&digits)))
-    }
-
-    /// A valid open IBAN is 18 characters long and equals the IBAN rebuilt from its
-    /// last 10 digits (SPEC §5).
-    pub fn parse(candidate: &str) -> Option<Iban> {
-        if candidate.len() != 18 || !candidate.is_ascii() {
-            return None;
-        }
-        let digits = &candidate[8..];
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let rebuilt = Iban::from_account_number(digits.parse().ok()?);
-        (rebuilt.0 == candidate).then_some(rebuilt)
-    }
-
-    /// A fresh IBAN for a new account: `0` followed by 9 random digits.
-    pub fn generate(rng: &mut impl Rng) -> Iban {
-        Iban::from_account_number(rng.random_range(0..1_000_000_000))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Iban {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Iban {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Iban({})", self.0)
-    }
-}
-
-/// Check digits = 98 − (N mod 97), where N is `24251423` + the 10 digits + `232100`
-/// (`OPEN` and `NL00` written as numbers, as ISO 13616 does).
-fn check_digits(ten_digits: &str) -> u32 {
-    let remainder = "24251423"
-        .bytes()
-        .chain(ten_digits.bytes())
-        .chain("232100".bytes())
-        .fold(0u32, |acc, digit| (acc * 10 + u32::from(digit - b'0')) % 97);
-    98 - remainder
-}
-
-/// A new account's secret: 20 random decimal digits.
-pub fn generate_token(rng: &mut impl Rng) -> String {
-    (0..20)
-        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
-        .collect()
-}
-
-/// `a_type` of SPEC §3, stored as `AUTO` / `MANUAL` in the `type` columns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccountType {
-    Auto,
-    Manual,
-}
-
-impl AccountType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountType::Auto => "AUTO",
-            AccountType::Manual => "MANUAL",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<AccountType> {
-        match text {
-            "AUTO" => Some(AccountType::Auto),
-            "MANUAL" => Some(AccountType::Manual),
-            _ => None,
-        }
-    }
-}
-
-/// What became of a ConfirmAccountCreation: the answer given, and given again.
+/// A ConfirmMoneyTransfer, with the position of the record that carried it (a
+/// redelivery of that very record publishes the transfer's events again).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AccountCreationOutcome {
-    Confirmed {
-        iban: String,
-        token: String,
-        account_type: AccountType,
-    },
-    Failed {
-        reason: String,
-    },
+pub struct TransferCommand {
+    pub id: Uuid,
+    pub read_at: RecordPosition,
+    pub transfer: Transfer,
 }
 
-/// The answer when every IBAN drawn for a new account was taken (SPEC §5).
-pub const IBAN_TAKEN: &str = "generated iban already exists, try again";
-/// The answer, given again, to a recorded account creation that lacks its IBAN, token or
-/// type: a row the JVM handler could not have written, answered as failed rather than
-/// by inventing an account.
-pub const INCOMPLETE_ACCOUNT_CREATION: &str = "account creation record is incomplete";
-/// A new account's starting amount (SPEC §5); its limit is [`NEW_ACCOUNT_LIMIT`].
-pub const NEW_ACCOUNT_AMOUNT: i64 = 0;
-
-impl AccountCreationOutcome {
-    /// SPEC §5 ConfirmAccountCreation, step 2: the IBAN and token drawn for the command,
-    /// and whether that IBAN is taken (after the draws allowed, [`IBAN_ATTEMPTS`]).
-    pub fn decide(iban: &Iban, token: &str, account_type: AccountType, taken: bool) -> Self {
-        if taken {
-            AccountCreationOutcome::Failed {
-                reason: IBAN_TAKEN.to_string(),
-            }
-        } else {
-            AccountCreationOutcome::Confirmed {
-                iban: iban.to_string(),
-                token: token.to_string(),
-                account_type,
-            }
-        }
-    }
-
-    /// SPEC §5 ConfirmAccountCreation, step 1: the answer a recorded outcome gives again.
-    pub fn recorded(
-        reason: Option<String>,
-        iban: Option<String>,
-        token: Option<String>,
-        account_type: Option<AccountType>,
-    ) -> Self {
-        match (reason, iban, token, account_type) {
-            (None, Some(iban), Some(token), Some(account_type)) => {
-                AccountCreationOutcome::Confirmed {
-                    iban,
-                    token,
-                    account_type,
-                }
-            }
-            (Some(reason), ..) => AccountCreationOutcome::Failed { reason },
-            _ => AccountCreationOutcome::Failed {
-                reason: INCOMPLETE_ACCOUNT_CREATION.to_string(),
-            },
-        }
-    }
+/// The answer to a transfer and the BalanceChanged events to publish with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferAnswer {
+    /// `None` when confirmed.
+    pub failure: Option<String>,
+    pub balance_changes: Vec<BalanceChange>,
 }
 
-/// One `balance` row as the rules need it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
     pub iban: Iban,
@@ -346,86 +195,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-
-    #[test]
-    fn bank_iban_is_valid_and_rebuilt_from_its_digits() {
-        let bank = Iban::parse(BANK_IBAN).expect("the bank's IBAN is valid");
-        assert_eq!(bank.as_str(), BANK_IBAN);
-        assert_eq!(Iban::from_account_number(0).as_str(), BANK_IBAN);
-    }
-
-    #[test]
-    fn wrong_check_digits_are_invalid() {
-        assert_eq!(Iban::parse("NL83OPEN0104642752"), None);
-        // The same account number with its right check digits is valid.
-        let right = Iban::from_account_number(104_642_752);
-        assert_ne!(right.as_str(), "NL83OPEN0104642752");
-        assert_eq!(Iban::parse(right.as_str()), Some(right.clone()));
-    }
-
-    #[test]
-    fn malformed_ibans_are_invalid() {
-        for candidate in [
-            "",
-            "cash",
-            "NL66OPEN000000000",
-            "NL66OPEN00000000000",
-            "NL66OPEN00000000x0",
-            "NL66BANK0000000000",
-            "DE66OPEN0000000000",
-            "nl66open0000000000",
-            "NL66OPEN000000000é",
-            "NL-6OPEN0000000000",
-        ] {
-            assert_eq!(Iban::parse(candidate), None, "{candidate:?}");
-        }
-    }
-
-    #[test]
-    fn check_digits_match_iso_mod_97() {
-        // ISO 13616: moving the first four characters to the end and writing letters as
-        // numbers (N=23, L=21, O=24, P=25, E=14) gives a number that is 1 mod 97.
-        let mut rng = rand::rng();
-        for _ in 0..1000 {
-            let iban = Iban::generate(&mut rng);
-            let rearranged = format!("{}{}", &iban.as_str()[4..], &iban.as_str()[..4]);
-            let numeric: String = rearranged
-                .chars()
-                .map(|c| match c {
-                    '0'..='9' => c.to_string(),
-                    letter => (letter as u32 - 'A' as u32 + 10).to_string(),
-                })
-                .collect();
-            let remainder = numeric
-                .bytes()
-                .fold(0u32, |acc, d| (acc * 10 + u32::from(d - b'0')) % 97);
-            assert_eq!(remainder, 1, "{iban}");
-        }
-    }
-
-    #[test]
-    fn generated_ibans_are_valid_and_start_with_zero() {
-        let mut rng = rand::rng();
-        for _ in 0..1000 {
-            let iban = Iban::generate(&mut rng);
-            assert_eq!(iban.as_str().len(), 18);
-            assert!(iban.as_str().starts_with("NL"));
-            assert_eq!(&iban.as_str()[4..9], "OPEN0");
-            assert_eq!(Iban::parse(iban.as_str()), Some(iban));
-        }
-    }
-
-    #[test]
-    fn tokens_are_twenty_decimal_digits_and_differ() {
-        let mut rng = rand::rng();
-        let first = generate_token(&mut rng);
-        let second = generate_token(&mut rng);
-        for token in [&first, &second] {
-            assert_eq!(token.len(), 20);
-            assert!(token.bytes().all(|b| b.is_ascii_digit()), "{token}");
-        }
-        assert_ne!(first, second);
-    }
+    use crate::domain::account::NEW_ACCOUNT_LIMIT;
 
     const ALICE_TOKEN: &str = "11111111111111111111";
 
@@ -658,63 +428,5 @@ mod tests {
         assert_eq!(touched, vec![bob()]);
         let touched: Vec<_> = ibans_touched(&transfer(alice().as_str(), "elsewhere", 1)).collect();
         assert_eq!(touched, vec![alice()]);
-    }
-
-    #[test]
-    fn a_new_account_is_confirmed_unless_its_drawn_iban_is_taken() {
-        let iban = Iban::from_account_number(123_456_789);
-        assert_eq!(
-            AccountCreationOutcome::decide(
-                &iban,
-                "12345678901234567890",
-                AccountType::Manual,
-                false
-            ),
-            AccountCreationOutcome::Confirmed {
-                iban: iban.to_string(),
-                token: "12345678901234567890".into(),
-                account_type: AccountType::Manual,
-            }
-        );
-        assert_eq!(
-            AccountCreationOutcome::decide(&iban, "12345678901234567890", AccountType::Auto, true),
-            AccountCreationOutcome::Failed {
-                reason: "generated iban already exists, try again".into()
-            }
-        );
-    }
-
-    #[test]
-    fn a_recorded_account_creation_is_answered_as_recorded_or_as_incomplete() {
-        let confirmed = AccountCreationOutcome::recorded(
-            None,
-            Some("NL66OPEN0000000000".into()),
-            Some("t".into()),
-            Some(AccountType::Auto),
-        );
-        assert!(matches!(
-            confirmed,
-            AccountCreationOutcome::Confirmed { .. }
-        ));
-        let failed =
-            AccountCreationOutcome::recorded(Some("why".into()), Some("x".into()), None, None);
-        assert_eq!(
-            failed,
-            AccountCreationOutcome::Failed {
-                reason: "why".into()
-            }
-        );
-        let incomplete = AccountCreationOutcome::recorded(
-            None,
-            Some("NL66OPEN0000000000".into()),
-            None,
-            Some(AccountType::Auto),
-        );
-        assert_eq!(
-            incomplete,
-            AccountCreationOutcome::Failed {
-                reason: "account creation record is incomplete".into()
-            }
-        );
     }
 }

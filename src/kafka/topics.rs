@@ -21,11 +21,13 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the dead-letter topic is not there.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TopicError {
-    /// The brokers did not answer: try again.
+    /// The brokers did not answer, or the command topic is not there yet: try again.
+    #[error("{0}")]
     Unreachable(String),
     /// The brokers refused to create it: the operator must act.
+    #[error("{0}")]
     Refused(String),
 }
 

@@ -6,7 +6,7 @@
 //! - `GET /health/ready`: 200 when the database, the Schema Registry and Kafka answered
 //!   the latest probe and both consumers have their partitions from the group; 503
 //!   otherwise and while stopping. The body says which check failed and why;
-//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
+//! - `GET /metrics`: Prometheus metrics ([`crate::ops::metrics`]).
 //!
 //! A prober thread checks the dependencies every few seconds and the endpoint answers
 //! from its latest results, so a probe never waits on a dependency (Kubernetes gives a
@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
-use schema_registry_converter::blocking::schema_registry::{SrSettings, get_all_subjects};
+use schema_registry_converter::blocking::schema_registry::SrSettings;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::heartbeat::Heartbeat;
-use crate::kafka::CommandConsumer;
-use crate::metrics::Metrics;
+use crate::consume::consumer::CommandConsumer;
+use crate::db::Database;
+use crate::ops::heartbeat::Heartbeat;
+use crate::ops::metrics::Metrics;
+use crate::ops::probe::{self, Verdict};
 use crate::produce::AnswerProducer;
-use crate::storage::Database;
 
 /// How often the prober checks the dependencies.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -60,9 +61,6 @@ pub struct KafkaClients {
     /// Each consumer loop's heartbeat, by the topic it consumes.
     pub heartbeats: Vec<(String, Arc<Heartbeat>)>,
 }
-
-/// One check's verdict: Ok with a detail, or Err with the reason.
-type Verdict = Result<String, String>;
 
 struct Probe {
     at: Instant,
@@ -261,16 +259,11 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
     let mut checks = vec![
         (
             "database".to_string(),
-            dependencies
-                .database
-                .reachable(PROBE_TIMEOUT)
-                .map(|()| "answered".to_string()),
+            probe::database(&dependencies.database, PROBE_TIMEOUT),
         ),
         (
             "schema_registry".to_string(),
-            get_all_subjects(&dependencies.registry)
-                .map(|subjects| format!("answered; {} subjects", subjects.len()))
-                .map_err(|e| e.to_string()),
+            probe::registry(&dependencies.registry),
         ),
     ];
     let Some(clients) = dependencies.clients.get() else {
@@ -284,17 +277,7 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
         let events = consumer.context();
         let topic = events.topic();
         // The consumer's own topic: a consumer never asks the brokers to create it.
-        let kafka = consumer
-            .fetch_metadata(Some(topic), PROBE_TIMEOUT)
-            .map_err(|e| e.to_string())
-            .and_then(
-                |metadata| match metadata.topics().iter().find_map(|t| t.error()) {
-                    Some(error) => Err(format!(
-                        "the brokers answered, but not for {topic}: {error:?}"
-                    )),
-                    None => Ok(format!("answered; {} brokers", metadata.brokers().len())),
-                },
-            );
+        let kafka = probe::kafka(consumer.client(), &[topic], PROBE_TIMEOUT);
         let assignment = match events.assignment() {
             Some(partitions) => Ok(format!("partitions {partitions:?}")),
             None => Err("waiting for the consumer group to assign partitions".to_string()),

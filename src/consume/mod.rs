@@ -1,0 +1,452 @@
+//! The consumer loops: consume → decode → apply → hand to the producer over `mpsc` →
+//! (encode → produce, in [`crate::produce`]) → acknowledge → store offsets.
+//!
+//! # Delivery guarantee
+//!
+//! Commands are read at least once and applied exactly once. For each batch (a poll's
+//! worth of records of one topic) a consumer thread:
+//!
+//! 1. decodes every record; a record that cannot be a command is dead-lettered;
+//! 2. applies the commands in one database transaction that also records each outcome
+//!    under its command id ([`crate::db::apply`]);
+//! 3. hands the answers, BalanceChanged events and dead letters to the producer thread
+//!    and waits until Kafka has acknowledged every one of them;
+//! 4. only then stores the offsets (`enable.auto.offset.store=false`), which librdkafka
+//!    commits in the background and on shutdown.
+//!
+//! A crash anywhere before 4 makes Kafka deliver the batch again; step 2 then finds the
+//! recorded outcomes and answers exactly as the first time, so nothing is lost and
+//! nothing is applied twice (answers may be duplicated).
+//!
+//! # Failures
+//!
+//! Each layer's error says what the loop does ([`retry`]): a transient failure
+//! (registry, database or broker unreachable, a race between instances) retries the
+//! same stage of the same batch with backoff and never skips a record; a database error
+//! that will recur for the same data applies the batch's commands one by one and
+//! dead-letters the one the database refuses; a fatal one (the producer cannot go on)
+//! stops the process with a non-zero exit, and the batch is redelivered after restart.
+
+pub(crate) mod batch;
+pub(crate) mod consumer;
+pub(crate) mod kinds;
+pub(crate) mod retry;
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use self::batch::{Applied, Batch, Decoded, Intake, printable_key};
+use self::consumer::CommandConsumer;
+use self::kinds::CommandKind;
+pub use self::retry::LoopError;
+use self::retry::{Attempt, Interrupted, Retries};
+use crate::config::Topics;
+use crate::db::{Database, DbError, DbFailure, transfers};
+use crate::ops::heartbeat::Heartbeat;
+use crate::ops::metrics::{BatchTally, Metrics};
+use crate::produce::{Destinations, Outbound, PublishError, PublishRequest};
+use crate::wire::{CommandDecoder, DecodeError};
+
+/// How long a loop still waits for an acknowledgement after shutdown was asked (the
+/// broker may be down); then the batch is left unstored and redelivered on restart.
+const ACKNOWLEDGEMENT_GRACE: Duration = Duration::from_secs(15);
+
+/// What became of one record: its command and answer, or why it is dead-lettered.
+type Outcome<'a, K> = Result<(&'a <K as CommandKind>::Command, <K as CommandKind>::Answer), String>;
+
+/// The consumer loop of one kind of command, `K`.
+pub(crate) struct CommandLoop<K: CommandKind> {
+    /// Shared with the readiness probe, which asks it for the brokers' metadata.
+    pub consumer: Arc<CommandConsumer>,
+    pub decoder: CommandDecoder,
+    pub database: Database,
+    pub topics: Topics,
+    pub destinations: Destinations,
+    pub publish: mpsc::Sender<PublishRequest>,
+    pub shutdown: Arc<AtomicBool>,
+    pub batch_size: usize,
+    pub metrics: Arc<Metrics>,
+    /// Shared with the liveness probe.
+    pub heartbeat: Arc<Heartbeat>,
+    /// `fn() -> K`: the loop holds no `K`, so it is `Send` whatever `K` is.
+    pub kind: PhantomData<fn() -> K>,
+}
+
+impl<K: CommandKind> CommandLoop<K> {
+    fn topic(&self) -> &str {
+        self.topics.commands(K::TOPIC)
+    }
+
+    /// Runs until shutdown is requested (Ok) or a failure it cannot get past (Err).
+    pub fn run(self) -> Result<(), LoopError> {
+        info!("consuming {}", self.topic());
+        let outcome = match self.consume() {
+            Ok(()) | Err(Interrupted::Shutdown) => Ok(()),
+            Err(Interrupted::Fatal(error)) => Err(error),
+        };
+        // Commit what was stored, then leave the group, so a successor starts where
+        // this instance stopped.
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => info!("committed offsets of {}", self.topic()),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => warn!("final commit of {} failed: {error}", self.topic()),
+        }
+        outcome
+    }
+
+    /// The data path, one batch at a time.
+    fn consume(&self) -> Result<(), Interrupted> {
+        while !self.shutdown.load(Ordering::Acquire) {
+            self.heartbeat.beat();
+            let batch = self.poll_batch();
+            if batch.records.is_empty() {
+                continue;
+            }
+            let decoded = self.decode(&batch)?;
+            let applied = self.apply(&batch, decoded)?;
+            self.publish(&batch, applied.outbound)?;
+            self.metrics.batch_done(
+                K::TOPIC,
+                self.topic(),
+                applied.tally,
+                batch.len(),
+                batch.polled_at.elapsed(),
+            );
+            self.forget_published(&applied.with_events);
+            self.store_offsets(&batch);
+        }
+        Ok(())
+    }
+
+    fn retries(&self) -> Retries<'_> {
+        Retries {
+            shutdown: &self.shutdown,
+            heartbeat: &self.heartbeat,
+            metrics: &self.metrics,
+            topic: self.topic(),
+        }
+    }
+
+    /// Up to `batch_size` records: waits briefly for the first, then takes what is
+    /// already fetched, so a quiet topic answers each command at once and a busy one
+    /// is applied in large transactions.
+    fn poll_batch(&self) -> Batch<'_> {
+        let mut records = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while records.len() < self.batch_size {
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(record)) => records.push(record),
+                Some(Err(error)) => {
+                    warn!("polling {} failed: {error}", self.topic());
+                    break;
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        let events = self.consumer.context();
+        if events.rebalanced.swap(false, Ordering::AcqRel)
+            && let Ok(assigned) = self.consumer.assignment()
+        {
+            events.note_assignment(&assigned);
+            // Records of partitions revoked while polling belong to their new owner now.
+            records.retain(|m| assigned.find_partition(m.topic(), m.partition()).is_some());
+        }
+        Batch {
+            records,
+            polled_at: Instant::now(),
+        }
+    }
+
+    /// Stage 1: each record's command, or why it is not one. Waits out registry
+    /// outages.
+    fn decode(&self, batch: &Batch<'_>) -> Result<Decoded<K::Command>, Interrupted> {
+        let what = || format!("decoding commands of {}", batch.describe());
+        self.retries().run(what, || {
+            let mut intake = Vec::with_capacity(batch.len());
+            for record in &batch.records {
+                intake.push(match self.decode_one(record) {
+                    Ok(command) => Intake::Command(command),
+                    Err(DecodeError::Malformed(why)) => Intake::DeadLetter(why),
+                    Err(error @ DecodeError::RegistryUnavailable(_)) => {
+                        return Err(Attempt::Transient(error));
+                    }
+                });
+            }
+            Ok(Decoded { intake })
+        })
+    }
+
+    fn decode_one(&self, record: &impl Message) -> Result<K::Command, DecodeError> {
+        let malformed = |why: &str| Err(DecodeError::Malformed(why.to_string()));
+        match record.key() {
+            None | Some([]) => return malformed("record has no key"),
+            Some(key) if std::str::from_utf8(key).is_err() => return malformed("key is not UTF-8"),
+            Some(_) => {}
+        }
+        let Some(value) = record.payload() else {
+            return malformed("record has no value");
+        };
+        K::decode(&self.decoder, record, value)
+    }
+
+    /// Stage 2: applies the commands in one transaction (retried while the failure is
+    /// transient) and lists what to publish, in record order.
+    fn apply(
+        &self,
+        batch: &Batch<'_>,
+        decoded: Decoded<K::Command>,
+    ) -> Result<Applied, Interrupted> {
+        // The commands go to the database together; the slots keep record order.
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut dead_letters = Vec::new();
+        for (index, intake) in decoded.intake.into_iter().enumerate() {
+            match intake {
+                Intake::Command(command) => commands.push((index, command)),
+                Intake::DeadLetter(reason) => dead_letters.push((index, reason)),
+            }
+        }
+        let (indices, commands): (Vec<usize>, Vec<K::Command>) = commands.into_iter().unzip();
+        let what = || format!("applying commands to the database of {}", batch.describe());
+        let answers = match self.apply_all(&what, &commands)? {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(permanent) => {
+                warn!(
+                    "{}: {permanent}; applying them one by one to find the one refused",
+                    what()
+                );
+                self.apply_one_by_one(batch, &indices, &commands)?
+            }
+        };
+        if answers.len() != commands.len() {
+            return Err(LoopError::Internal(format!(
+                "{} answers to {} commands of {}",
+                answers.len(),
+                commands.len(),
+                batch.describe()
+            ))
+            .into());
+        }
+
+        // Every record's outcome, in record order.
+        let mut outcomes: Vec<Option<Outcome<'_, K>>> = (0..batch.len()).map(|_| None).collect();
+        for ((index, command), answer) in indices.iter().zip(&commands).zip(answers) {
+            outcomes[*index] = Some(answer.map(|answer| (command, answer)));
+        }
+        for (index, reason) in dead_letters {
+            outcomes[index] = Some(Err(reason));
+        }
+        let mut applied = Applied {
+            outbound: Vec::with_capacity(batch.len() * 2),
+            with_events: Vec::new(),
+            tally: BatchTally::default(),
+        };
+        for (record, outcome) in batch.records.iter().zip(outcomes) {
+            let at = format!(
+                "{}/{}@{}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            );
+            match outcome {
+                Some(Ok((command, answer))) => {
+                    let id = K::id(command);
+                    debug!("{at} command {id}: {}: {answer:?}", K::NAME);
+                    // Decoding checked that the key is there.
+                    let key = record.key().unwrap_or_default();
+                    let answer_records = (&self.destinations, &mut applied.outbound);
+                    if K::answer(
+                        id,
+                        key,
+                        answer,
+                        answer_records.0,
+                        answer_records.1,
+                        &mut applied.tally,
+                    ) {
+                        applied.with_events.push(id);
+                    }
+                }
+                Some(Err(reason)) => {
+                    warn!(
+                        "{at} command {}: dead-lettered: {reason}",
+                        printable_key(record.key())
+                    );
+                    applied.tally.dead_lettered += 1;
+                    applied.outbound.push(Outbound::dead_letter(
+                        &self.destinations.dead_letter,
+                        record,
+                        &reason,
+                    ));
+                }
+                None => {
+                    return Err(LoopError::Internal(format!("no outcome for {at}")).into());
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The batch transaction, retried while it fails transiently; Ok(Err) when the
+    /// database refuses it in a way that will recur.
+    fn apply_all(
+        &self,
+        what: &dyn Fn() -> String,
+        commands: &[K::Command],
+    ) -> Result<Result<Vec<K::Answer>, DbError>, Interrupted> {
+        if commands.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        self.retries().run(what, || {
+            let attempt = self
+                .database
+                .connection()
+                .and_then(|mut conn| Ok(K::apply(&mut conn, commands)?));
+            match attempt {
+                Ok(answers) => Ok(Ok(answers)),
+                Err(error) if error.failure() == DbFailure::Permanent => Ok(Err(error)),
+                Err(error) => Err(Attempt::Transient(error)),
+            }
+        })
+    }
+
+    /// Each command in a transaction of its own: the answer, or why the database
+    /// refuses it (the record is then dead-lettered with that reason).
+    fn apply_one_by_one(
+        &self,
+        batch: &Batch<'_>,
+        indices: &[usize],
+        commands: &[K::Command],
+    ) -> Result<Vec<Result<K::Answer, String>>, Interrupted> {
+        let mut answers = Vec::with_capacity(commands.len());
+        for (index, command) in indices.iter().zip(commands) {
+            let record = &batch.records[*index];
+            let what = format!(
+                "applying the command of {}/{}@{}",
+                record.topic(),
+                record.partition(),
+                record.offset()
+            );
+            let single = std::slice::from_ref(command);
+            answers.push(match self.apply_all(&|| what.clone(), single)? {
+                Ok(mut answer) if answer.len() == 1 => Ok(answer.remove(0)),
+                Ok(answer) => {
+                    return Err(
+                        LoopError::Internal(format!("{} answers to {what}", answer.len())).into(),
+                    );
+                }
+                Err(refused) => Err(format!(
+                    "the database refuses this command: {}",
+                    self.database.scrub(&refused.to_string())
+                )),
+            });
+        }
+        Ok(answers)
+    }
+
+    /// Stage 3: hands the records to the producer thread and waits for Kafka's
+    /// acknowledgement of every one, publishing again what was not acknowledged.
+    fn publish(&self, batch: &Batch<'_>, outbound: Vec<Outbound>) -> Result<(), Interrupted> {
+        let what = || format!("publishing answers of {}", batch.describe());
+        let mut records = Arc::new(outbound);
+        self.retries().run(what, || {
+            let (done, acknowledged) = mpsc::sync_channel(1);
+            let request = PublishRequest {
+                records: Arc::clone(&records),
+                done,
+            };
+            if self.publish.send(request).is_err() {
+                return Err(Attempt::Fatal(LoopError::ProducerGone));
+            }
+            match self.wait_for_acknowledgement(&acknowledged) {
+                None => Err(Attempt::Shutdown),
+                Some(Ok(())) => Ok(()),
+                Some(Err(PublishError::Fatal(why))) => {
+                    Err(Attempt::Fatal(LoopError::PublishFatal(why)))
+                }
+                Some(Err(PublishError::Retry {
+                    unacknowledged,
+                    why,
+                })) => {
+                    // Send again only what Kafka did not acknowledge, in the same order.
+                    let error = format!("{} records not acknowledged: {why}", unacknowledged.len());
+                    records =
+                        Arc::new(unacknowledged.iter().map(|i| records[*i].clone()).collect());
+                    Err(Attempt::Transient(error))
+                }
+            }
+        })
+    }
+
+    /// Waits for a batch's acknowledgement, beating the heartbeat. After shutdown is
+    /// requested it waits [`ACKNOWLEDGEMENT_GRACE`] more and then gives up (None): the
+    /// batch's offsets are not stored, so it is redelivered on restart.
+    fn wait_for_acknowledgement(
+        &self,
+        acknowledged: &mpsc::Receiver<Result<(), PublishError>>,
+    ) -> Option<Result<(), PublishError>> {
+        let mut shutdown_seen: Option<Instant> = None;
+        loop {
+            self.heartbeat.beat();
+            match acknowledged.recv_timeout(Duration::from_millis(200)) {
+                Ok(result) => return Some(result),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Some(Err(PublishError::Fatal(
+                        "the producer thread has stopped".into(),
+                    )));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.shutdown.load(Ordering::Acquire) {
+                        let since = *shutdown_seen.get_or_insert_with(Instant::now);
+                        if since.elapsed() > ACKNOWLEDGEMENT_GRACE {
+                            warn!(
+                                "shutting down with a batch of {} unacknowledged; it will be redelivered",
+                                self.topic()
+                            );
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes the recorded events of a published batch. Best effort: if it fails, a
+    /// later redelivery publishes them once more, which is allowed.
+    fn forget_published(&self, transfers: &[uuid::Uuid]) {
+        if transfers.is_empty() {
+            return;
+        }
+        let result = self.database.connection().and_then(|mut conn| {
+            Ok(transfers::forget_published_balance_changes(
+                &mut conn, transfers,
+            )?)
+        });
+        if let Err(error) = result {
+            warn!(
+                "could not forget the published events of {} transfers: {error}",
+                transfers.len()
+            );
+        }
+    }
+
+    /// Stage 4: stores, per partition, the offset after the batch's last record. Fails
+    /// only for partitions revoked meanwhile, whose new owner redelivers those records.
+    fn store_offsets(&self, batch: &Batch<'_>) {
+        if let Err(error) = self
+            .consumer
+            .store_offsets(&batch.next_offsets(self.topic()))
+        {
+            info!(
+                "offsets of {} not stored (partition revoked?): {error}",
+                batch.describe()
+            );
+        }
+    }
+}

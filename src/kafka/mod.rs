@@ -1,0 +1,69 @@
+//! Kafka: the settings every client shares (brokers, TLS, SASL, `RDKAFKA_*`), and the
+//! dead-letter topic the handler makes. The command consumers are in
+//! [`crate::consume`], the producer in [`crate::produce`].
+
+pub(crate) mod topics;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+
+use crate::config::{ClientScope, Config, KafkaTls};
+
+/// Sets the `RDKAFKA_*` properties of this scope, after the handler's own settings so
+/// that they win.
+pub(crate) fn pass_through(client: &mut ClientConfig, config: &Config, scope: ClientScope) {
+    for property in config.kafka_properties.iter().filter(|p| p.scope == scope) {
+        client.set(&property.name, property.value.expose());
+    }
+}
+
+/// Settings shared by the consumers and the producer: brokers, client id, TLS and SASL.
+pub fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka_brokers)
+        .set("client.id", &config.client_id)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    // SASL always goes over TLS: passwords and balances never cross the network in clear.
+    let protocol = match (&config.sasl, &config.tls) {
+        (Some(_), _) => "sasl_ssl",
+        (None, Some(_)) => "ssl",
+        (None, None) => "plaintext",
+    };
+    client.set("security.protocol", protocol);
+    if let Some(KafkaTls::JvmStores(stores)) = &config.tls {
+        // As the JVM clients of the Open Bank stack: the stores' one password, and no
+        // hostname check (its brokers' certificates name no host to check against).
+        client
+            .set("ssl.keystore.location", stores.keystore.to_string_lossy())
+            .set("ssl.keystore.password", stores.password.expose())
+            .set("ssl.ca.pem", &stores.trusted_pem)
+            .set("ssl.endpoint.identification.algorithm", "none");
+    }
+    if let Some(KafkaTls::Pem(tls)) = &config.tls {
+        if let Some(ca) = &tls.ca_location {
+            client.set("ssl.ca.location", ca.to_string_lossy());
+        }
+        if let Some(certificate) = &tls.client_certificate {
+            client
+                .set(
+                    "ssl.certificate.location",
+                    certificate.certificate_location.to_string_lossy(),
+                )
+                .set(
+                    "ssl.key.location",
+                    certificate.key_location.to_string_lossy(),
+                );
+            if !certificate.key_password.expose().is_empty() {
+                client.set("ssl.key.password", certificate.key_password.expose());
+            }
+        }
+    }
+    if let Some(login) = &config.sasl {
+        client
+            .set("sasl.mechanism", login.mechanism.name())
+            .set("sasl.username", &login.username)
+            .set("sasl.password", login.password.expose());
+    }
+    pass_through(&mut client, config, ClientScope::All);
+    client
+}

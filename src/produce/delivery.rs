@@ -1,0 +1,114 @@
+//! Delivery reports: [`BatchDelivery`] tracks the records of one published batch until
+//! Kafka acknowledged (or refused) every one, and reports the batch's outcome straight
+//! back to the consumer thread that is waiting for it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use log::warn;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::ProducerContext;
+
+use super::outbound::Outbound;
+
+/// A batch's records for the producer thread, and where to report their outcome.
+pub struct PublishRequest {
+    /// Shared with the consumer thread, which sends the same records again on a retry.
+    pub records: Arc<Vec<Outbound>>,
+    pub done: mpsc::SyncSender<Result<(), PublishError>>,
+}
+
+/// What went wrong publishing a batch, and so what the loop does next.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Registry or broker trouble: publish again the records at these positions of the
+    /// batch (those Kafka did not acknowledge).
+    #[error("{} records not acknowledged, will retry: {why}", unacknowledged.len())]
+    Retry {
+        unacknowledged: Vec<usize>,
+        why: String,
+    },
+    /// The producer cannot go on (a fatal idempotence error): stop the process; the
+    /// batch is redelivered after the restart.
+    #[error("publishing failed for good: {0}")]
+    Fatal(String),
+}
+
+/// Tracks the records of one published batch until every one is acknowledged.
+pub struct BatchDelivery {
+    outstanding: AtomicUsize,
+    failures: Mutex<Vec<(usize, KafkaError)>>,
+    done: mpsc::SyncSender<Result<(), PublishError>>,
+}
+
+impl BatchDelivery {
+    pub fn new(records: usize, done: mpsc::SyncSender<Result<(), PublishError>>) -> Arc<Self> {
+        Arc::new(BatchDelivery {
+            outstanding: AtomicUsize::new(records),
+            failures: Mutex::new(Vec::new()),
+            done,
+        })
+    }
+
+    /// Counts the record at `position` in the batch as settled (acknowledged, or failed
+    /// after librdkafka's own retries); the last one reports the batch's outcome.
+    pub fn settle(&self, position: usize, result: Result<(), KafkaError>) {
+        if let Err(error) = result {
+            self.failures
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((position, error));
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut failures =
+                std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
+            failures.sort_by_key(|(position, _)| *position);
+            let outcome = match failures.first() {
+                None => Ok(()),
+                Some((_, error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                    Err(PublishError::Fatal(error.to_string()))
+                }
+                Some((_, error)) => Err(PublishError::Retry {
+                    why: error.to_string(),
+                    unacknowledged: failures.iter().map(|(position, _)| *position).collect(),
+                }),
+            };
+            // The batch's owner may have given up waiting (shutdown); nothing to tell then.
+            let _ = self.done.send(outcome);
+        }
+    }
+}
+
+/// Sends each delivery report to the batch the record belongs to.
+pub struct DeliveryReports;
+
+impl ClientContext for DeliveryReports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!("kafka producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for DeliveryReports {
+    /// The batch a record belongs to, and its position in it.
+    type DeliveryOpaque = Box<(Arc<BatchDelivery>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
+        let (batch, position) = *record;
+        batch.settle(
+            position,
+            match result {
+                Ok(_) => Ok(()),
+                Err((error, message)) => {
+                    warn!(
+                        "could not deliver to {}/{}: {error}",
+                        message.topic(),
+                        message.partition()
+                    );
+                    Err(error.clone())
+                }
+            },
+        );
+    }
+}

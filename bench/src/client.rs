@@ -135,8 +135,10 @@ impl HandlerProcess {
     }
 }
 
-pub const CAC_SCHEMA: &str = r#"{"type":"record","name":"ConfirmAccountCreation","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"a_type","type":{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}}]}"#;
-pub const CMT_SCHEMA: &str = r#"{"type":"record","name":"ConfirmMoneyTransfer","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"token","type":{"type":"string","avro.java.string":"String"}},{"name":"amount","type":"long"},{"name":"from","type":{"type":"string","avro.java.string":"String"}},{"name":"to","type":{"type":"string","avro.java.string":"String"}},{"name":"description","type":{"type":"string","avro.java.string":"String"}}]}"#;
+pub const CAC_SCHEMA: &str =
+    include_str!("../../tests/fixtures/jvm-schemas/ConfirmAccountCreation.avsc");
+pub const CMT_SCHEMA: &str =
+    include_str!("../../tests/fixtures/jvm-schemas/ConfirmMoneyTransfer.avsc");
 
 /// A transfer the benchmark sends.
 #[derive(Clone, Debug)]

@@ -27,9 +27,11 @@
 //! dead-letters the one the database refuses; a fatal one (the producer cannot go on)
 //! stops the process with a non-zero exit, and the batch is redelivered after restart.
 
+mod apply;
 pub(crate) mod batch;
 pub(crate) mod consumer;
 pub(crate) mod kinds;
+mod publish;
 pub(crate) mod retry;
 
 use std::marker::PhantomData;
@@ -37,29 +39,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use self::batch::{Applied, Batch, Decoded, Intake, printable_key};
+use self::batch::{Batch, Decoded, Intake};
 use self::consumer::CommandConsumer;
 use self::kinds::CommandKind;
 pub use self::retry::LoopError;
 use self::retry::{Attempt, Interrupted, Retries};
 use crate::config::Topics;
-use crate::db::{Database, DbError, DbFailure, transfers};
+use crate::db::{Database, transfers};
 use crate::ops::heartbeat::Heartbeat;
-use crate::ops::metrics::{BatchTally, Metrics};
-use crate::produce::{Destinations, Outbound, PublishError, PublishRequest};
+use crate::ops::metrics::Metrics;
+use crate::produce::{Destinations, PublishRequest};
 use crate::wire::{CommandDecoder, DecodeError};
-
-/// How long a loop still waits for an acknowledgement after shutdown was asked (the
-/// broker may be down); then the batch is left unstored and redelivered on restart.
-const ACKNOWLEDGEMENT_GRACE: Duration = Duration::from_secs(15);
-
-/// What became of one record: its command and answer, or why it is dead-lettered.
-type Outcome<'a, K> = Result<(&'a <K as CommandKind>::Command, <K as CommandKind>::Answer), String>;
 
 /// The consumer loop of one kind of command, `K`.
 pub(crate) struct CommandLoop<K: CommandKind> {
@@ -195,226 +190,6 @@ impl<K: CommandKind> CommandLoop<K> {
             return malformed("record has no value");
         };
         K::decode(&self.decoder, record, value)
-    }
-
-    /// Stage 2: applies the commands in one transaction (retried while the failure is
-    /// transient) and lists what to publish, in record order.
-    fn apply(
-        &self,
-        batch: &Batch<'_>,
-        decoded: Decoded<K::Command>,
-    ) -> Result<Applied, Interrupted> {
-        // The commands go to the database together; the slots keep record order.
-        let mut commands = Vec::with_capacity(batch.len());
-        let mut dead_letters = Vec::new();
-        for (index, intake) in decoded.intake.into_iter().enumerate() {
-            match intake {
-                Intake::Command(command) => commands.push((index, command)),
-                Intake::DeadLetter(reason) => dead_letters.push((index, reason)),
-            }
-        }
-        let (indices, commands): (Vec<usize>, Vec<K::Command>) = commands.into_iter().unzip();
-        let what = || format!("applying commands to the database of {}", batch.describe());
-        let answers = match self.apply_all(&what, &commands)? {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(permanent) => {
-                warn!(
-                    "{}: {permanent}; applying them one by one to find the one refused",
-                    what()
-                );
-                self.apply_one_by_one(batch, &indices, &commands)?
-            }
-        };
-        if answers.len() != commands.len() {
-            return Err(LoopError::Internal(format!(
-                "{} answers to {} commands of {}",
-                answers.len(),
-                commands.len(),
-                batch.describe()
-            ))
-            .into());
-        }
-
-        // Every record's outcome, in record order.
-        let mut outcomes: Vec<Option<Outcome<'_, K>>> = (0..batch.len()).map(|_| None).collect();
-        for ((index, command), answer) in indices.iter().zip(&commands).zip(answers) {
-            outcomes[*index] = Some(answer.map(|answer| (command, answer)));
-        }
-        for (index, reason) in dead_letters {
-            outcomes[index] = Some(Err(reason));
-        }
-        let mut applied = Applied {
-            outbound: Vec::with_capacity(batch.len() * 2),
-            with_events: Vec::new(),
-            tally: BatchTally::default(),
-        };
-        for (record, outcome) in batch.records.iter().zip(outcomes) {
-            let at = format!(
-                "{}/{}@{}",
-                record.topic(),
-                record.partition(),
-                record.offset()
-            );
-            match outcome {
-                Some(Ok((command, answer))) => {
-                    let id = K::id(command);
-                    debug!("{at} command {id}: {}: {answer:?}", K::NAME);
-                    // Decoding checked that the key is there.
-                    let key = record.key().unwrap_or_default();
-                    let answer_records = (&self.destinations, &mut applied.outbound);
-                    if K::answer(
-                        id,
-                        key,
-                        answer,
-                        answer_records.0,
-                        answer_records.1,
-                        &mut applied.tally,
-                    ) {
-                        applied.with_events.push(id);
-                    }
-                }
-                Some(Err(reason)) => {
-                    warn!(
-                        "{at} command {}: dead-lettered: {reason}",
-                        printable_key(record.key())
-                    );
-                    applied.tally.dead_lettered += 1;
-                    applied.outbound.push(Outbound::dead_letter(
-                        &self.destinations.dead_letter,
-                        record,
-                        &reason,
-                    ));
-                }
-                None => {
-                    return Err(LoopError::Internal(format!("no outcome for {at}")).into());
-                }
-            }
-        }
-        Ok(applied)
-    }
-
-    /// The batch transaction, retried while it fails transiently; Ok(Err) when the
-    /// database refuses it in a way that will recur.
-    fn apply_all(
-        &self,
-        what: &dyn Fn() -> String,
-        commands: &[K::Command],
-    ) -> Result<Result<Vec<K::Answer>, DbError>, Interrupted> {
-        if commands.is_empty() {
-            return Ok(Ok(Vec::new()));
-        }
-        self.retries().run(what, || {
-            let attempt = self
-                .database
-                .connection()
-                .and_then(|mut conn| Ok(K::apply(&mut conn, commands)?));
-            match attempt {
-                Ok(answers) => Ok(Ok(answers)),
-                Err(error) if error.failure() == DbFailure::Permanent => Ok(Err(error)),
-                Err(error) => Err(Attempt::Transient(error)),
-            }
-        })
-    }
-
-    /// Each command in a transaction of its own: the answer, or why the database
-    /// refuses it (the record is then dead-lettered with that reason).
-    fn apply_one_by_one(
-        &self,
-        batch: &Batch<'_>,
-        indices: &[usize],
-        commands: &[K::Command],
-    ) -> Result<Vec<Result<K::Answer, String>>, Interrupted> {
-        let mut answers = Vec::with_capacity(commands.len());
-        for (index, command) in indices.iter().zip(commands) {
-            let record = &batch.records[*index];
-            let what = format!(
-                "applying the command of {}/{}@{}",
-                record.topic(),
-                record.partition(),
-                record.offset()
-            );
-            let single = std::slice::from_ref(command);
-            answers.push(match self.apply_all(&|| what.clone(), single)? {
-                Ok(mut answer) if answer.len() == 1 => Ok(answer.remove(0)),
-                Ok(answer) => {
-                    return Err(
-                        LoopError::Internal(format!("{} answers to {what}", answer.len())).into(),
-                    );
-                }
-                Err(refused) => Err(format!(
-                    "the database refuses this command: {}",
-                    self.database.scrub(&refused.to_string())
-                )),
-            });
-        }
-        Ok(answers)
-    }
-
-    /// Stage 3: hands the records to the producer thread and waits for Kafka's
-    /// acknowledgement of every one, publishing again what was not acknowledged.
-    fn publish(&self, batch: &Batch<'_>, outbound: Vec<Outbound>) -> Result<(), Interrupted> {
-        let what = || format!("publishing answers of {}", batch.describe());
-        let mut records = Arc::new(outbound);
-        self.retries().run(what, || {
-            let (done, acknowledged) = mpsc::sync_channel(1);
-            let request = PublishRequest {
-                records: Arc::clone(&records),
-                done,
-            };
-            if self.publish.send(request).is_err() {
-                return Err(Attempt::Fatal(LoopError::ProducerGone));
-            }
-            match self.wait_for_acknowledgement(&acknowledged) {
-                None => Err(Attempt::Shutdown),
-                Some(Ok(())) => Ok(()),
-                Some(Err(PublishError::Fatal(why))) => {
-                    Err(Attempt::Fatal(LoopError::PublishFatal(why)))
-                }
-                Some(Err(PublishError::Retry {
-                    unacknowledged,
-                    why,
-                })) => {
-                    // Send again only what Kafka did not acknowledge, in the same order.
-                    let error = format!("{} records not acknowledged: {why}", unacknowledged.len());
-                    records =
-                        Arc::new(unacknowledged.iter().map(|i| records[*i].clone()).collect());
-                    Err(Attempt::Transient(error))
-                }
-            }
-        })
-    }
-
-    /// Waits for a batch's acknowledgement, beating the heartbeat. After shutdown is
-    /// requested it waits [`ACKNOWLEDGEMENT_GRACE`] more and then gives up (None): the
-    /// batch's offsets are not stored, so it is redelivered on restart.
-    fn wait_for_acknowledgement(
-        &self,
-        acknowledged: &mpsc::Receiver<Result<(), PublishError>>,
-    ) -> Option<Result<(), PublishError>> {
-        let mut shutdown_seen: Option<Instant> = None;
-        loop {
-            self.heartbeat.beat();
-            match acknowledged.recv_timeout(Duration::from_millis(200)) {
-                Ok(result) => return Some(result),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Some(Err(PublishError::Fatal(
-                        "the producer thread has stopped".into(),
-                    )));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.shutdown.load(Ordering::Acquire) {
-                        let since = *shutdown_seen.get_or_insert_with(Instant::now);
-                        if since.elapsed() > ACKNOWLEDGEMENT_GRACE {
-                            warn!(
-                                "shutting down with a batch of {} unacknowledged; it will be redelivered",
-                                self.topic()
-                            );
-                            return None;
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Deletes the recorded events of a published batch. Best effort: if it fails, a

@@ -13,23 +13,23 @@ use crate::harness::*;
 const JVM_OUTPUT_SCHEMAS: [(&str, &str); 5] = [
     (
         "AccountCreationConfirmed",
-        r#"{"type":"record","name":"AccountCreationConfirmed","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"iban","type":{"type":"string","avro.java.string":"String"}},{"name":"token","type":{"type":"string","avro.java.string":"String"}},{"name":"a_type","type":{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}}]}"#,
+        include_str!("../fixtures/jvm-schemas/AccountCreationConfirmed.avsc"),
     ),
     (
         "AccountCreationFailed",
-        r#"{"type":"record","name":"AccountCreationFailed","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"reason","type":{"type":"string","avro.java.string":"String"}}]}"#,
+        include_str!("../fixtures/jvm-schemas/AccountCreationFailed.avsc"),
     ),
     (
         "MoneyTransferConfirmed",
-        r#"{"type":"record","name":"MoneyTransferConfirmed","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}}]}"#,
+        include_str!("../fixtures/jvm-schemas/MoneyTransferConfirmed.avsc"),
     ),
     (
         "MoneyTransferFailed",
-        r#"{"type":"record","name":"MoneyTransferFailed","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"reason","type":{"type":"string","avro.java.string":"String"}}]}"#,
+        include_str!("../fixtures/jvm-schemas/MoneyTransferFailed.avsc"),
     ),
     (
         "BalanceChanged",
-        r#"{"type":"record","name":"BalanceChanged","namespace":"nl.openweb.data","fields":[{"name":"iban","type":{"type":"string","avro.java.string":"String"}},{"name":"new_balance","type":"long"},{"name":"changed_by","type":"long"},{"name":"from_to","type":{"type":"string","avro.java.string":"String"}},{"name":"description","type":{"type":"string","avro.java.string":"String"}}]}"#,
+        include_str!("../fixtures/jvm-schemas/BalanceChanged.avsc"),
     ),
 ];
 

@@ -315,8 +315,10 @@ impl Drop for PrivateStack {
 
 /// JVM-style writer schemas for the commands (string types carry Java properties),
 /// written here independently of the handler's own schemas.
-pub const CONFIRM_ACCOUNT_CREATION_SCHEMA: &str = r#"{"type":"record","name":"ConfirmAccountCreation","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"a_type","type":{"type":"enum","name":"Atype","symbols":["AUTO","MANUAL"]}}]}"#;
-pub const CONFIRM_MONEY_TRANSFER_SCHEMA: &str = r#"{"type":"record","name":"ConfirmMoneyTransfer","namespace":"nl.openweb.data","fields":[{"name":"id","type":{"type":"fixed","name":"Uuid","size":16}},{"name":"token","type":{"type":"string","avro.java.string":"String"}},{"name":"amount","type":"long"},{"name":"from","type":{"type":"string","avro.java.string":"String"}},{"name":"to","type":{"type":"string","avro.java.string":"String"}},{"name":"description","type":{"type":"string","avro.java.string":"String"}}]}"#;
+pub const CONFIRM_ACCOUNT_CREATION_SCHEMA: &str =
+    include_str!("../fixtures/jvm-schemas/ConfirmAccountCreation.avsc");
+pub const CONFIRM_MONEY_TRANSFER_SCHEMA: &str =
+    include_str!("../fixtures/jvm-schemas/ConfirmMoneyTransfer.avsc");
 
 /// A transfer command as a test writes it.
 #[derive(Clone, Debug)]

@@ -122,6 +122,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         None => return Ok(()),
         Some(outcome) => outcome.map_err(RunError::Startup)?,
     }
+    let dead_letter_limit = topics::dead_letter_record_limit(&config);
     // Every subject the handler writes with, before the first command is taken.
     let encoder = AnswerEncoder::new(registry.clone(), config.register_schemas);
     let subjects_ready = retry_until_shutdown(&shutdown, "the Schema Registry", || {
@@ -162,6 +163,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         publish: &publish,
         shutdown: &shutdown,
         metrics: &metrics,
+        dead_letter_limit,
     };
     let accounts = shared.spawn::<AccountCreations>()?;
     let transfers = shared.spawn::<MoneyTransfers>()?;
@@ -305,6 +307,7 @@ struct LoopParts<'a> {
     publish: &'a mpsc::Sender<PublishRequest>,
     shutdown: &'a Arc<AtomicBool>,
     metrics: &'a Arc<Metrics>,
+    dead_letter_limit: usize,
 }
 
 /// A started consumer loop: its consumer and heartbeat (for the probes) and thread.
@@ -328,7 +331,7 @@ impl LoopParts<'_> {
             decoder: CommandDecoder::new(self.registry.clone()),
             database: self.database.clone(),
             topics: self.config.topics.clone(),
-            destinations: Destinations::from(&self.config.topics),
+            destinations: Destinations::new(&self.config.topics, self.dead_letter_limit),
             publish: self.publish.clone(),
             shutdown: Arc::clone(self.shutdown),
             batch_size: self.config.batch_size,

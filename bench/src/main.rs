@@ -8,6 +8,10 @@
 //! to what the confirmed transfers imply).
 //!
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick]
+//!                   [--baseline PATH] [--variants NAME,NAME...]
+//!
+//! `--baseline PATH` measures another build (say, the last release) as shipped, side by
+//! side with this one, and the report gives this build's figures as ratios of it.
 //!   open-bank-bench --replot DIR    rewrite report.md and the plots from DIR/report.json
 
 mod client;
@@ -27,22 +31,25 @@ pub struct Variant {
     pub handler_env: Vec<(&'static str, &'static str)>,
     pub steps: Vec<u32>,
     pub saturation_commands: usize,
+    /// Another build to run instead of `--handler` (the baseline).
+    pub binary: Option<PathBuf>,
 }
 
-fn variants(quick: bool) -> Vec<Variant> {
+fn variants(quick: bool, baseline: Option<&PathBuf>) -> Vec<Variant> {
     let steps = if quick {
         vec![100, 1000]
     } else {
         vec![100, 500, 1000, 2000, 5000, 10_000]
     };
     let saturation = if quick { 5_000 } else { 40_000 };
-    vec![
+    let mut variants = vec![
         Variant {
             name: "default",
             description: "as shipped: batches of up to 100 commands per transaction, linger 0 ms",
             handler_env: vec![],
             steps: steps.clone(),
             saturation_commands: saturation,
+            binary: None,
         },
         Variant {
             name: "http-on",
@@ -50,6 +57,7 @@ fn variants(quick: bool) -> Vec<Variant> {
             handler_env: vec![("HTTP_PORT", "0"), ("HTTP_BIND_ADDRESS", "127.0.0.1")],
             steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
             saturation_commands: saturation / 2,
+            binary: None,
         },
         Variant {
             name: "linger-5",
@@ -57,6 +65,7 @@ fn variants(quick: bool) -> Vec<Variant> {
             handler_env: vec![("KAFKA_LINGER_MS", "5")],
             steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
             saturation_commands: 0,
+            binary: None,
         },
         Variant {
             name: "linger-100",
@@ -64,6 +73,7 @@ fn variants(quick: bool) -> Vec<Variant> {
             handler_env: vec![("KAFKA_LINGER_MS", "100")],
             steps: steps.iter().copied().filter(|r| *r <= 2000).collect(),
             saturation_commands: 0,
+            binary: None,
         },
         Variant {
             name: "one-per-transaction",
@@ -71,8 +81,23 @@ fn variants(quick: bool) -> Vec<Variant> {
             handler_env: vec![("COMMAND_BATCH_SIZE", "1")],
             steps: steps.iter().copied().filter(|r| *r <= 1000).collect(),
             saturation_commands: saturation / 2,
+            binary: None,
         },
-    ]
+    ];
+    if let Some(path) = baseline {
+        variants.insert(
+            1,
+            Variant {
+                name: "baseline",
+                description: "the build given by --baseline, as shipped",
+                handler_env: vec![],
+                steps,
+                saturation_commands: saturation,
+                binary: Some(path.clone()),
+            },
+        );
+    }
+    variants
 }
 
 struct Args {
@@ -81,12 +106,16 @@ struct Args {
     out: PathBuf,
     quick: bool,
     step_seconds: u64,
+    baseline: Option<PathBuf>,
+    /// Only these variants (all when empty).
+    only: Vec<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut stack_env, mut handler, mut out, mut quick, mut step_seconds) =
         (None, None, None, false, 15);
+    let (mut baseline, mut only) = (None, Vec::new());
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -99,6 +128,8 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--step-seconds takes whole seconds")?
             }
             "--quick" => quick = true,
+            "--baseline" => baseline = Some(PathBuf::from(value()?)),
+            "--variants" => only = value()?.split(',').map(str::to_string).collect(),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -112,6 +143,8 @@ fn parse_args() -> Result<Args, String> {
         } else {
             step_seconds
         },
+        baseline,
+        only,
     })
 }
 
@@ -130,13 +163,16 @@ fn main() {
         return;
     }
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N]");
+        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...]");
         std::process::exit(2)
     });
     let stack = client::Stack::read(&args.stack_env);
     std::fs::create_dir_all(&args.out).expect("create the output folder");
     let mut report = Report::new(&stack, args.step_seconds);
-    for variant in variants(args.quick) {
+    let chosen = variants(args.quick, args.baseline.as_ref())
+        .into_iter()
+        .filter(|v| args.only.is_empty() || args.only.iter().any(|name| name == v.name));
+    for variant in chosen {
         eprintln!("== variant {}: {}", variant.name, variant.description);
         let result = run_variant(&stack, &args, &variant);
         report.variants.push(result);
@@ -146,7 +182,8 @@ fn main() {
 }
 
 fn run_variant(stack: &client::Stack, args: &Args, variant: &Variant) -> VariantResult {
-    let mut bench = workload::Bench::setup(stack, &args.handler, &args.out, variant);
+    let binary = variant.binary.as_ref().unwrap_or(&args.handler);
+    let mut bench = workload::Bench::setup(stack, binary, &args.out, variant);
     let mut result = VariantResult::new(variant);
     bench.open_accounts(200);
     result.idle = bench.idle(Duration::from_secs(5));

@@ -279,6 +279,7 @@ impl Report {
             }
             md.push('\n');
         }
+        md.push_str(&self.against_baseline());
         md.push_str(&self.goals());
         md.push_str(&self.ratios());
         md
@@ -341,6 +342,61 @@ impl Report {
                     "{:.0}% of the goal",
                     100.0 * sat.commands_per_second / 5000.0
                 ),
+            );
+        }
+        md.push('\n');
+        md
+    }
+
+    /// This build's figures as ratios of the baseline's (`--baseline`), same run.
+    fn against_baseline(&self) -> String {
+        let find = |name: &str| self.variants.iter().find(|v| v.name == name);
+        let (Some(new), Some(old)) = (find("default"), find("baseline")) else {
+            return String::new();
+        };
+        let mut md = String::from(
+            "## This build ÷ the baseline (same run; below 1 is better, except rates)\n\n\
+             | figure | this build | baseline | ratio |\n|---|---:|---:|---:|\n",
+        );
+        let mut row = |figure: String, new: f64, old: f64, unit: &str| {
+            let _ = writeln!(
+                md,
+                "| {figure} | {new:.1} {unit} | {old:.1} {unit} | {:.2} |",
+                new / old
+            );
+        };
+        row(
+            "idle RSS".into(),
+            new.idle.rss_mib_avg,
+            old.idle.rss_mib_avg,
+            "MiB",
+        );
+        for n in &new.steps {
+            let Some(o) = old.at(n.target_per_second) else {
+                continue;
+            };
+            let rate = n.target_per_second;
+            row(format!("p50 at {rate}/s"), n.p50_ms, o.p50_ms, "ms");
+            row(format!("p99 at {rate}/s"), n.p99_ms, o.p99_ms, "ms");
+            row(
+                format!("CPU at {rate}/s"),
+                n.cpu_percent_avg,
+                o.cpu_percent_avg,
+                "%",
+            );
+            row(
+                format!("RSS peak at {rate}/s"),
+                n.rss_mib_peak,
+                o.rss_mib_peak,
+                "MiB",
+            );
+        }
+        if let (Some(n), Some(o)) = (&new.saturation, &old.saturation) {
+            row(
+                "drain rate".into(),
+                n.commands_per_second,
+                o.commands_per_second,
+                "/s",
             );
         }
         md.push('\n');

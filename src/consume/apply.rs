@@ -102,6 +102,7 @@ impl<K: CommandKind> CommandLoop<K> {
                     applied.tally.dead_lettered += 1;
                     applied.outbound.push(Outbound::dead_letter(
                         &self.destinations.dead_letter,
+                        self.destinations.dead_letter_limit,
                         record,
                         &reason,
                     ));

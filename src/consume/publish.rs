@@ -45,13 +45,35 @@ impl<K: CommandKind> CommandLoop<K> {
                 }
                 Some(Err(PublishError::Retry {
                     unacknowledged,
+                    too_large,
                     why,
                 })) => {
-                    // Send again only what Kafka did not acknowledge, in the same order.
-                    let error = format!("{} records not acknowledged: {why}", unacknowledged.len());
-                    records =
-                        Arc::new(unacknowledged.iter().map(|i| records[*i].clone()).collect());
-                    Err(Attempt::Transient(error))
+                    // Send again from the first record Kafka did not acknowledge, in the
+                    // same order: a later record that got through is sent again too
+                    // (duplicates are allowed, reordering a partition is not).
+                    let first = unacknowledged.iter().copied().min().unwrap_or(0);
+                    let mut again: Vec<Outbound> = records[first..].to_vec();
+                    for position in too_large {
+                        match records[position].without_value() {
+                            Some(stub) => {
+                                warn!(
+                                    "a dead letter is larger than {} accepts; sending it without its value",
+                                    records[position].topic
+                                );
+                                again[position - first] = stub;
+                            }
+                            None => warn!(
+                                "an answer is larger than {} or the brokers accept \
+                                 (max.message.bytes, message.max.bytes); retrying until it is raised",
+                                records[position].topic
+                            ),
+                        }
+                    }
+                    records = Arc::new(again);
+                    Err(Attempt::Transient(format!(
+                        "{} records not acknowledged: {why}",
+                        unacknowledged.len()
+                    )))
                 }
             }
         })

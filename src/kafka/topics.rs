@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use log::info;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use log::{info, warn};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
@@ -127,6 +127,41 @@ pub fn ensure_dead_letter_topic(config: &Config) -> Result<Option<TopicShape>, T
             "no answer about creating topic {topic}"
         ))),
     }
+}
+
+/// What the producer sends at most (`message.max.bytes`, librdkafka's default).
+const PRODUCER_MAX_BYTES: usize = 1_000_000;
+
+/// The largest dead letter the dead-letter topic takes: its `max.message.bytes`, capped
+/// by what the producer sends; the producer's cap when the topic's cannot be read (no
+/// DescribeConfigs permission). A larger dead letter goes without its value.
+pub fn dead_letter_record_limit(config: &Config) -> usize {
+    let topic = &config.topics.dead_letter;
+    let topic_limit = client_config(config)
+        .create::<AdminClient<DefaultClientContext>>()
+        .ok()
+        .and_then(|admin| {
+            let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+            let described = futures_executor::block_on(
+                admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
+            );
+            let resource = described.ok()?.into_iter().next()?.ok()?;
+            resource
+                .get("max.message.bytes")?
+                .value
+                .as_ref()?
+                .parse::<usize>()
+                .ok()
+        });
+    let limit = match topic_limit {
+        Some(limit) => limit.min(PRODUCER_MAX_BYTES),
+        None => {
+            warn!("cannot read max.message.bytes of {topic}; taking {PRODUCER_MAX_BYTES}");
+            PRODUCER_MAX_BYTES
+        }
+    };
+    info!("dead letters larger than {limit} bytes go to {topic} without their value");
+    limit
 }
 
 fn partitions_of(metadata: &Metadata, topic: &str) -> Option<i32> {

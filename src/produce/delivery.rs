@@ -23,11 +23,13 @@ pub struct PublishRequest {
 /// What went wrong publishing a batch, and so what the loop does next.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// Registry or broker trouble: publish again the records at these positions of the
-    /// batch (those Kafka did not acknowledge).
+    /// Registry or broker trouble: publish again from the first record Kafka did not
+    /// acknowledge (positions in the batch, in order).
     #[error("{} records not acknowledged, will retry: {why}", unacknowledged.len())]
     Retry {
         unacknowledged: Vec<usize>,
+        /// Those refused for their size (larger than the topic or broker accepts).
+        too_large: Vec<usize>,
         why: String,
     },
     /// The producer cannot go on (a fatal idempotence error): stop the process; the
@@ -73,6 +75,14 @@ impl BatchDelivery {
                 Some((_, error)) => Err(PublishError::Retry {
                     why: error.to_string(),
                     unacknowledged: failures.iter().map(|(position, _)| *position).collect(),
+                    too_large: failures
+                        .iter()
+                        .filter(|(_, error)| {
+                            error.rdkafka_error_code()
+                                == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+                        })
+                        .map(|(position, _)| *position)
+                        .collect(),
                 }),
             };
             // The batch's owner may have given up waiting (shutdown); nothing to tell then.

@@ -9,6 +9,7 @@
 pub(crate) mod delivery;
 pub(crate) mod outbound;
 
+use std::borrow::Cow;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -46,23 +47,27 @@ pub fn run_producer(
 
 fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishRequest) {
     // Encode everything before sending anything, so a registry failure sends nothing.
-    let mut payloads = Vec::with_capacity(request.records.len());
+    // Dead letters go as they came, borrowed.
+    let mut payloads: Vec<Option<Cow<'_, [u8]>>> = Vec::with_capacity(request.records.len());
     for outbound in request.records.iter() {
         match &outbound.body {
             OutboundBody::Record(record) => match encoder.encode(&outbound.topic, record) {
-                Ok(bytes) => payloads.push(Some(bytes)),
+                Ok(bytes) => payloads.push(Some(Cow::Owned(bytes))),
                 Err(error) => {
                     // Nothing was sent: all of the batch is still to publish.
                     let unacknowledged = (0..request.records.len()).collect();
                     let why = error.to_string();
                     let _ = request.done.send(Err(PublishError::Retry {
                         unacknowledged,
+                        too_large: Vec::new(),
                         why,
                     }));
                     return;
                 }
             },
-            OutboundBody::DeadLetter { value, .. } => payloads.push(value.clone()),
+            OutboundBody::DeadLetter { value, .. } => {
+                payloads.push(value.as_deref().map(Cow::Borrowed))
+            }
         }
     }
     if request.records.is_empty() {
@@ -71,13 +76,13 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
     }
     let batch = BatchDelivery::new(request.records.len(), request.done);
     for (position, (outbound, payload)) in request.records.iter().zip(payloads).enumerate() {
-        let mut record: BaseRecord<'_, Vec<u8>, Vec<u8>, _> =
+        let mut record: BaseRecord<'_, [u8], [u8], _> =
             BaseRecord::with_opaque_to(&outbound.topic, Box::new((Arc::clone(&batch), position)));
         if let Some(key) = &outbound.key {
-            record = record.key(key);
+            record = record.key(key.as_slice());
         }
         if let Some(payload) = &payload {
-            record = record.payload(payload);
+            record = record.payload(payload.as_ref());
         }
         if let OutboundBody::DeadLetter { headers, .. } = &outbound.body {
             record = record.headers(headers.clone());

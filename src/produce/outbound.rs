@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rdkafka::Message;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use crate::config::Topics;
 use crate::wire::OutputRecord;
@@ -36,11 +36,14 @@ pub struct Destinations {
     pub money_transfer_feedback: Arc<str>,
     pub balance_changed: Arc<str>,
     pub dead_letter: Arc<str>,
+    /// The largest dead letter its topic takes ([`crate::kafka::topics::dead_letter_record_limit`]).
+    pub dead_letter_limit: usize,
 }
 
-impl From<&Topics> for Destinations {
-    fn from(topics: &Topics) -> Self {
+impl Destinations {
+    pub fn new(topics: &Topics, dead_letter_limit: usize) -> Self {
         Destinations {
+            dead_letter_limit,
             account_creation_feedback: topics.account_creation_feedback.as_str().into(),
             money_transfer_feedback: topics.money_transfer_feedback.as_str().into(),
             balance_changed: topics.balance_changed.as_str().into(),
@@ -60,8 +63,13 @@ impl Outbound {
     }
 
     /// A record that could not be handled, as it came, with its origin and the reason
-    /// in headers.
-    pub fn dead_letter(topic: &Arc<str>, message: &impl Message, reason: &str) -> Outbound {
+    /// in headers; without its value when it would be larger than `limit` bytes.
+    pub fn dead_letter(
+        topic: &Arc<str>,
+        limit: usize,
+        message: &impl Message,
+        reason: &str,
+    ) -> Outbound {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let headers = OwnedHeaders::new()
@@ -81,13 +89,72 @@ impl Outbound {
                 key: "dead_letter.reason",
                 value: Some(reason),
             });
-        Outbound {
+        let letter = Outbound {
             topic: Arc::clone(topic),
             key: message.key().map(<[u8]>::to_vec),
             body: OutboundBody::DeadLetter {
                 value: message.payload().map(<[u8]>::to_vec),
                 headers,
             },
+        };
+        if letter.size() > limit {
+            letter.without_value().unwrap_or(letter)
+        } else {
+            letter
         }
+    }
+
+    /// About the record's size in a produce request: key, value, headers and the
+    /// record's own framing (generously).
+    fn size(&self) -> usize {
+        const FRAMING: usize = 128;
+        let key = self.key.as_ref().map_or(0, Vec::len);
+        match &self.body {
+            OutboundBody::DeadLetter { value, headers } => {
+                let headers: usize = headers
+                    .iter()
+                    .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 8)
+                    .sum();
+                FRAMING + key + value.as_ref().map_or(0, Vec::len) + headers
+            }
+            OutboundBody::Record(_) => FRAMING + key,
+        }
+    }
+}
+
+impl Outbound {
+    /// This dead letter without its value, for a dead-letter topic that refuses the
+    /// value's size: where the record is (its topic keeps it), its size and the reason
+    /// travel in headers. None when this is not a dead letter with a value.
+    pub fn without_value(&self) -> Option<Outbound> {
+        let OutboundBody::DeadLetter {
+            value: Some(value),
+            headers,
+        } = &self.body
+        else {
+            return None;
+        };
+        let size = value.len().to_string();
+        let mut stub = OwnedHeaders::new_with_capacity(headers.count() + 2);
+        for header in headers.iter() {
+            stub = stub.insert(header);
+        }
+        let stub = stub
+            .insert(Header {
+                key: "dead_letter.value_size",
+                value: Some(&size),
+            })
+            .insert(Header {
+                key: "dead_letter.value_dropped",
+                value: Some("larger than the dead-letter topic accepts; read it at its topic, partition and offset"),
+            });
+        Some(Outbound {
+            topic: Arc::clone(&self.topic),
+            key: self.key.clone(),
+            body: OutboundBody::DeadLetter {
+                value: None,
+                headers: stub,
+            },
+        })
     }
 }

@@ -112,6 +112,61 @@ fn poison_records_are_dead_lettered_and_the_next_ones_answered() {
     );
 }
 
+/// A dead letter larger than its topic accepts goes without its value (the record stays
+/// readable where it came from), and the partition moves on.
+#[test]
+fn a_dead_letter_too_large_for_its_topic_goes_without_its_value() {
+    let mut env = TestEnv::with_partitions("big_poison", 1);
+    let dlq = env.topics.dlq.clone();
+    env.stack
+        .set_topic_config(&dlq, &[("max.message.bytes", "4096")]);
+    env.start_handler(&[]);
+    let (iban, _) = env.open_account();
+    let cmt = env.topics.cmt.clone();
+    let (big_key, small_key) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let big = vec![0xab_u8; 64 * 1024];
+    env.send_raw(&cmt, Some(big_key.as_bytes()), Some(&big));
+    env.send_raw(&cmt, Some(small_key.as_bytes()), Some(b"not avro"));
+    let after = TransferCmd::new("", 5, "cash", &iban);
+    env.send_transfer(&after);
+    env.flush();
+
+    assert!(
+        env.await_answer(after.id)
+            .record_name()
+            .ends_with("MoneyTransferConfirmed")
+    );
+    env.collect_until("both dead letters", |o| {
+        o.iter().filter(|o| o.topic == dlq).count() >= 2
+    });
+    let dead: Vec<Output> = env.on_topic(&dlq).cloned().collect();
+    assert_eq!(dead.len(), 2, "one dead letter per poison record");
+    let stub = &dead[0];
+    assert_eq!(stub.key_text(), big_key);
+    assert_eq!(stub.value, None, "the value stays in {cmt}");
+    assert_eq!(
+        stub.header("dead_letter.value_size").as_deref(),
+        Some("65536")
+    );
+    assert_eq!(
+        stub.header("dead_letter.topic").as_deref(),
+        Some(cmt.as_str())
+    );
+    assert_eq!(stub.header("dead_letter.partition").as_deref(), Some("0"));
+    assert_eq!(stub.header("dead_letter.offset").as_deref(), Some("0"));
+    assert!(
+        stub.header("dead_letter.reason")
+            .is_some_and(|r| !r.is_empty())
+    );
+    let small = &dead[1];
+    assert_eq!(small.key_text(), small_key);
+    assert_eq!(
+        small.value.as_deref(),
+        Some(&b"not avro"[..]),
+        "small enough: kept"
+    );
+}
+
 #[test]
 fn evolved_writer_schemas_still_decode() {
     let mut env = TestEnv::new("evolution");
@@ -311,4 +366,40 @@ fn absurd_contents_get_clear_answers() {
             .map(Vec::len),
         Some(900_000)
     );
+}
+
+/// A command the database refuses for good (here a check constraint an operator added)
+/// is dead-lettered with the database's reason; the other commands of its batch are
+/// applied and answered, and nothing waits behind it.
+#[test]
+fn a_command_the_database_refuses_for_good_is_dead_lettered_and_the_rest_applied() {
+    let mut env = TestEnv::with_partitions("refused", 1);
+    env.start_handler(&[]);
+    let (iban, _) = env.open_account();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut env.admin_db(),
+        "ALTER TABLE cmt_balance_changed ADD CONSTRAINT short_descriptions \
+         CHECK (length(description) < 100)",
+    )
+    .unwrap();
+    let before = TransferCmd::new("", 3, "cash", &iban);
+    let mut refused = TransferCmd::new("", 5, "cash", &iban);
+    refused.description = "x".repeat(200);
+    let after = TransferCmd::new("", 7, "cash", &iban);
+    for command in [&before, &refused, &after] {
+        env.send_transfer(command);
+    }
+    env.flush();
+
+    env.await_answers(&[before.id, after.id]);
+    let dlq = env.topics.dlq.clone();
+    env.collect_until("the refused command dead-lettered", |o| {
+        o.iter().any(|o| o.topic == dlq)
+    });
+    let letter = env.on_topic(&dlq).next().cloned().unwrap();
+    assert_eq!(letter.key_text(), refused.id.to_string());
+    let reason = letter.header("dead_letter.reason").unwrap_or_default();
+    assert!(reason.contains("short_descriptions"), "{reason}");
+    assert!(env.answers_to(refused.id).is_empty());
+    assert_eq!(env.amount(&iban), Some(3 + 7));
 }

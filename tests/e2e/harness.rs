@@ -23,7 +23,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -243,6 +245,24 @@ impl Stack {
                 "topics created but without leaders after 30 s: {missing:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sets topic-level configuration (for example a small `max.message.bytes`).
+    pub fn set_topic_config(&self, topic: &str, entries: &[(&str, &str)]) {
+        let alter = entries.iter().fold(
+            AlterConfig::new(ResourceSpecifier::Topic(topic)),
+            |alter, (key, value)| alter.set(key, value),
+        );
+        let results = futures_executor::block_on(self.admin().alter_configs(
+            [&alter],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .unwrap_or_else(|e| panic!("cannot reach Kafka to configure {topic}: {e}"));
+        for result in results {
+            if let Err((resource, error)) = result {
+                panic!("cannot configure {resource:?}: {error}");
+            }
         }
     }
 

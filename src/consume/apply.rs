@@ -36,7 +36,7 @@ impl<K: CommandKind> CommandLoop<K> {
         }
         let (indices, commands): (Vec<usize>, Vec<K::Command>) = commands.into_iter().unzip();
         let what = || format!("applying commands to the database of {}", batch.describe());
-        let answers = match self.apply_all(&what, &commands)? {
+        let answers = match self.apply_all(batch, &what, &commands)? {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(permanent) => {
                 warn!(
@@ -119,13 +119,14 @@ impl<K: CommandKind> CommandLoop<K> {
     /// database refuses it in a way that will recur.
     fn apply_all(
         &self,
+        batch: &Batch<'_>,
         what: &dyn Fn() -> String,
         commands: &[K::Command],
     ) -> Result<Result<Vec<K::Answer>, DbError>, Interrupted> {
         if commands.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        self.retries().run(what, || {
+        self.retries(batch).run(what, || {
             let attempt = self
                 .database
                 .connection()
@@ -156,7 +157,7 @@ impl<K: CommandKind> CommandLoop<K> {
                 record.offset()
             );
             let single = std::slice::from_ref(command);
-            answers.push(match self.apply_all(&|| what.clone(), single)? {
+            answers.push(match self.apply_all(batch, &|| what.clone(), single)? {
                 Ok(mut answer) if answer.len() == 1 => Ok(answer.remove(0)),
                 Ok(answer) => {
                     return Err(

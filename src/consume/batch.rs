@@ -44,14 +44,28 @@ impl Batch<'_> {
         self.records.len()
     }
 
+    /// The partitions the batch's records are from, in order.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.records.iter().map(|r| r.partition()).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        partitions
+    }
+
     /// The offsets to store once the batch is acknowledged: per partition, the one
     /// after its last record.
-    pub fn next_offsets(&self, topic: &str) -> TopicPartitionList {
+    pub fn next_offsets(&self) -> Vec<(i32, i64)> {
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for record in &self.records {
             let offset = next.entry(record.partition()).or_default();
             *offset = (*offset).max(record.offset() + 1);
         }
+        next.into_iter().collect()
+    }
+
+    /// [`Batch::next_offsets`] as the consumer takes them.
+    pub fn offsets_to_store(&self, topic: &str) -> TopicPartitionList {
+        let next = self.next_offsets();
         let mut offsets = TopicPartitionList::with_capacity(next.len());
         for (partition, offset) in next {
             // Cannot fail: the offset is a plain position.

@@ -10,7 +10,7 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 use crate::config::CommandTopic;
-use crate::db::apply;
+use crate::db::{apply, transfers};
 use crate::domain::{
     AccountCreationCommand, AccountCreationOutcome, RecordPosition, TransferAnswer, TransferCommand,
 };
@@ -39,6 +39,12 @@ pub(crate) trait CommandKind {
     /// The batch transaction: one answer per command, in command order.
     fn apply(conn: &mut PgConnection, commands: &[Self::Command])
     -> QueryResult<Vec<Self::Answer>>;
+
+    /// Housekeeping once the offsets after a batch are stored (`next`: partition and
+    /// offset): events of transfers before them are no longer needed.
+    fn offsets_stored(_conn: &mut PgConnection, _next: &[(i32, i64)]) -> QueryResult<usize> {
+        Ok(0)
+    }
 
     /// The records that answer `answer` (the answer first, then any events), counted
     /// in `tally`; true when events are among them.
@@ -152,6 +158,14 @@ impl CommandKind for MoneyTransfers {
         commands: &[TransferCommand],
     ) -> QueryResult<Vec<TransferAnswer>> {
         apply::apply_transfers(conn, commands)
+    }
+
+    fn offsets_stored(conn: &mut PgConnection, next: &[(i32, i64)]) -> QueryResult<usize> {
+        let mut swept = 0;
+        for (partition, offset) in next {
+            swept += transfers::sweep_balance_changes_before(conn, *partition, *offset)?;
+        }
+        Ok(swept)
     }
 
     fn answer(

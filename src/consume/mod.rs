@@ -34,6 +34,7 @@ pub(crate) mod kinds;
 mod publish;
 pub(crate) mod retry;
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -56,6 +57,9 @@ use crate::ops::metrics::Metrics;
 use crate::produce::{Destinations, PublishRequest};
 use crate::wire::{CommandDecoder, DecodeError};
 
+/// How often a loop runs its kind's housekeeping after storing offsets.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The consumer loop of one kind of command, `K`.
 pub(crate) struct CommandLoop<K: CommandKind> {
     /// Shared with the readiness probe, which asks it for the brokers' metadata.
@@ -70,6 +74,8 @@ pub(crate) struct CommandLoop<K: CommandKind> {
     pub metrics: Arc<Metrics>,
     /// Shared with the liveness probe.
     pub heartbeat: Arc<Heartbeat>,
+    /// When the kind's housekeeping last ran ([`CommandKind::offsets_stored`]).
+    pub last_sweep: Cell<Option<Instant>>,
     /// `fn() -> K`: the loop holds no `K`, so it is `Send` whatever `K` is.
     pub kind: PhantomData<fn() -> K>,
 }
@@ -120,12 +126,15 @@ impl<K: CommandKind> CommandLoop<K> {
         Ok(())
     }
 
-    fn retries(&self) -> Retries<'_> {
+    /// Retries of a stage of `batch`.
+    fn retries(&self, batch: &Batch<'_>) -> Retries<'_> {
         Retries {
+            consumer: &self.consumer,
             shutdown: &self.shutdown,
             heartbeat: &self.heartbeat,
             metrics: &self.metrics,
             topic: self.topic(),
+            partitions: batch.partitions(),
         }
     }
 
@@ -164,7 +173,7 @@ impl<K: CommandKind> CommandLoop<K> {
     /// outages.
     fn decode(&self, batch: &Batch<'_>) -> Result<Decoded<K::Command>, Interrupted> {
         let what = || format!("decoding commands of {}", batch.describe());
-        self.retries().run(what, || {
+        self.retries(batch).run(what, || {
             let mut intake = Vec::with_capacity(batch.len());
             for record in &batch.records {
                 intake.push(match self.decode_one(record) {
@@ -213,15 +222,37 @@ impl<K: CommandKind> CommandLoop<K> {
 
     /// Stage 4: stores, per partition, the offset after the batch's last record. Fails
     /// only for partitions revoked meanwhile, whose new owner redelivers those records.
+    /// Then, now and then, the kind's housekeeping that needs the stored offsets.
     fn store_offsets(&self, batch: &Batch<'_>) {
         if let Err(error) = self
             .consumer
-            .store_offsets(&batch.next_offsets(self.topic()))
+            .store_offsets(&batch.offsets_to_store(self.topic()))
         {
             info!(
                 "offsets of {} not stored (partition revoked?): {error}",
                 batch.describe()
             );
+            return;
+        }
+        if self
+            .last_sweep
+            .get()
+            .is_some_and(|at| at.elapsed() < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.last_sweep.set(Some(Instant::now()));
+        let swept = self
+            .database
+            .connection()
+            .and_then(|mut conn| Ok(K::offsets_stored(&mut conn, &batch.next_offsets())?));
+        match swept {
+            Ok(0) => {}
+            Ok(rows) => info!("swept {rows} leftover event rows of {}", self.topic()),
+            Err(error) => warn!(
+                "sweeping leftover event rows of {} failed: {error}",
+                self.topic()
+            ),
         }
     }
 }

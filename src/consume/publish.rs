@@ -28,7 +28,7 @@ impl<K: CommandKind> CommandLoop<K> {
     ) -> Result<(), Interrupted> {
         let what = || format!("publishing answers of {}", batch.describe());
         let mut records = Arc::new(outbound);
-        self.retries().run(what, || {
+        self.retries(batch).run(what, || {
             let (done, acknowledged) = mpsc::sync_channel(1);
             let request = PublishRequest {
                 records: Arc::clone(&records),

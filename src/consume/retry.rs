@@ -1,11 +1,17 @@
 //! How a stage that did not succeed ends: tried again after a backoff, or the loop
 //! stops (for shutdown, or for good with a non-zero exit).
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::backoff::{self, Backoff};
+use log::{info, warn};
+use rdkafka::consumer::Consumer;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::consumer::CommandConsumer;
+use crate::backoff::Backoff;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
 
@@ -48,13 +54,18 @@ pub(crate) enum Attempt<E> {
 }
 
 /// A stage's retries: a backoff from 0.1 s to 10 s, a log line per attempt (errors from
-/// the fifth on), and the heartbeat kept beating while waiting.
+/// the fifth on), and, while waiting, the consumer kept in its group: its partitions
+/// are paused and it keeps polling ([`Hold`]), so a long outage does not exceed
+/// `max.poll.interval.ms` and set off a rebalance.
 pub(crate) struct Retries<'a> {
+    pub consumer: &'a CommandConsumer,
     pub shutdown: &'a AtomicBool,
     pub heartbeat: &'a Heartbeat,
-    /// Each failed attempt is counted under this topic.
+    /// Each failed attempt is counted under this topic, and its partitions are reported
+    /// stalled until the attempt passes.
     pub metrics: &'a Metrics,
     pub topic: &'a str,
+    pub partitions: Vec<i32>,
 }
 
 impl Retries<'_> {
@@ -63,7 +74,23 @@ impl Retries<'_> {
     pub fn run<T, E: fmt::Display>(
         &self,
         what: impl Fn() -> String,
+        attempt: impl FnMut() -> Result<T, Attempt<E>>,
+    ) -> Result<T, Interrupted> {
+        let mut hold = None;
+        let outcome = self.attempts(what, attempt, &mut hold);
+        // A hold exists once an attempt failed: the stall it reported is over too.
+        if let Some(hold) = hold {
+            hold.release(self.consumer, self.topic);
+            self.metrics.stalls.resolved(self.topic, &self.partitions);
+        }
+        outcome
+    }
+
+    fn attempts<T, E: fmt::Display>(
+        &self,
+        what: impl Fn() -> String,
         mut attempt: impl FnMut() -> Result<T, Attempt<E>>,
+        hold: &mut Option<Hold>,
     ) -> Result<T, Interrupted> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
@@ -74,6 +101,9 @@ impl Retries<'_> {
                 Err(Attempt::Transient(error)) => error,
             };
             self.metrics.batch_retried(self.topic);
+            self.metrics
+                .stalls
+                .retrying(self.topic, &self.partitions, &error.to_string());
             let delay = backoff.next_delay();
             let attempts = backoff.attempts();
             let level = if attempts < 5 {
@@ -86,9 +116,81 @@ impl Retries<'_> {
                 "{} failed (attempt {attempts}), retrying in {delay:?}: {error}",
                 what()
             );
-            if !backoff::sleep_unless_shutdown(delay, self.shutdown, || self.heartbeat.beat()) {
+            let hold = hold.get_or_insert_with(|| Hold::pause(self.consumer));
+            if !hold.wait(delay, self) {
                 return Err(Interrupted::Shutdown);
             }
         }
     }
 }
+
+/// A consumer kept in its group while a batch is retried: every assigned partition
+/// paused, polled all the same (each poll tells the group the member is alive and runs
+/// the rebalance callbacks), and what a poll still hands out (records fetched before
+/// the pause, or of partitions assigned meanwhile) rewound when the hold is released,
+/// so no record is skipped.
+pub(crate) struct Hold {
+    paused: Option<TopicPartitionList>,
+    /// Per partition, the first record handed out during the hold.
+    rewind: BTreeMap<i32, i64>,
+}
+
+impl Hold {
+    fn pause(consumer: &CommandConsumer) -> Hold {
+        let paused = consumer
+            .assignment()
+            .ok()
+            .filter(|assigned| match consumer.pause(assigned) {
+                Ok(()) => true,
+                Err(error) => {
+                    warn!("cannot pause partitions while retrying: {error}");
+                    false
+                }
+            });
+        Hold {
+            paused,
+            rewind: BTreeMap::new(),
+        }
+    }
+
+    /// Waits `delay`, polling; false when shutdown was asked meanwhile.
+    fn wait(&mut self, delay: Duration, retries: &Retries<'_>) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            if retries.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            retries.heartbeat.beat();
+            if let Some(Ok(record)) = retries.consumer.poll((until - now).min(POLL_SLICE)) {
+                self.rewind
+                    .entry(record.partition())
+                    .and_modify(|first| *first = (*first).min(record.offset()))
+                    .or_insert(record.offset());
+            }
+        }
+    }
+
+    fn release(self, consumer: &CommandConsumer, topic: &str) {
+        if let Some(paused) = &self.paused
+            && let Err(error) = consumer.resume(paused)
+        {
+            warn!("cannot resume partitions after retrying: {error}");
+        }
+        for (partition, offset) in self.rewind {
+            // A partition revoked meanwhile cannot be sought; its new owner reads it.
+            if let Err(error) =
+                consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT)
+            {
+                info!("not rewinding {topic}/{partition} to {offset}: {error}");
+            }
+        }
+    }
+}
+
+/// How long a poll during a hold waits at most.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);

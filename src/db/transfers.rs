@@ -203,3 +203,79 @@ pub fn forget_published_balance_changes(
     diesel::delete(cmt_balance_changed::table.filter(cmt_balance_changed::cmt_uuid.eq_any(ids)))
         .execute(conn)
 }
+
+/// Deletes the events left of transfers read from `partition` before `offset`, the
+/// offset stored after their batch: their answers and events were acknowledged, so no
+/// redelivery needs them, and only a failed [`forget_published_balance_changes`] can
+/// have left them.
+pub fn sweep_balance_changes_before(
+    conn: &mut PgConnection,
+    partition: i32,
+    offset: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM cmt_balance_changed AS event USING cmt \
+         WHERE cmt.uuid = event.cmt_uuid \
+         AND cmt.source_partition = $1 AND cmt.source_offset < $2",
+    )
+    .bind::<diesel::sql_types::Integer, _>(partition)
+    .bind::<BigInt, _>(offset)
+    .execute(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::apply::{apply_account_creations, apply_transfers};
+    use crate::db::test_database::TestDatabase;
+    use crate::domain::{
+        AccountCreationCommand, AccountCreationOutcome, AccountType, Transfer, TransferCommand,
+    };
+
+    fn deposit(iban: &str, partition: i32, offset: i64) -> TransferCommand {
+        TransferCommand {
+            id: Uuid::new_v4(),
+            read_at: RecordPosition { partition, offset },
+            transfer: Transfer {
+                token: String::new(),
+                amount: 1,
+                from: "cash".into(),
+                to: iban.into(),
+                description: "sweep".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_sweep_takes_only_events_read_before_the_stored_offset_of_their_partition() {
+        let mut db = TestDatabase::new("sweep");
+        let conn = &mut db.conn;
+        let opened = AccountCreationCommand {
+            id: Uuid::new_v4(),
+            account_type: AccountType::Auto,
+        };
+        let [AccountCreationOutcome::Confirmed { iban, .. }] =
+            &apply_account_creations(conn, &[opened]).unwrap()[..]
+        else {
+            panic!("no account")
+        };
+        let (early, late, elsewhere) = (
+            deposit(iban, 0, 5),
+            deposit(iban, 0, 9),
+            deposit(iban, 1, 2),
+        );
+        apply_transfers(conn, &[early.clone(), late.clone(), elsewhere.clone()]).unwrap();
+
+        assert_eq!(sweep_balance_changes_before(conn, 0, 7).unwrap(), 1);
+        let left = recorded_balance_changes(conn, &[early.id, late.id, elsewhere.id]).unwrap();
+        assert!(
+            !left.contains_key(&early.id),
+            "read before offset 7 of partition 0"
+        );
+        assert!(
+            left.contains_key(&late.id),
+            "offset 9 may still be redelivered"
+        );
+        assert!(left.contains_key(&elsewhere.id), "another partition");
+    }
+}

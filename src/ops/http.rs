@@ -30,6 +30,7 @@ use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
 use crate::ops::probe::{self, Verdict};
+use crate::ops::stalls::STALLED_AFTER;
 use crate::produce::AnswerProducer;
 
 /// How often the prober checks the dependencies.
@@ -219,8 +220,8 @@ fn probe_until_shutdown(dependencies: &Dependencies, latest: &Mutex<Option<Probe
     while !dependencies.shutdown.load(Ordering::Acquire) {
         let checks = run_checks(dependencies);
         for (name, verdict) in &checks {
-            // Assignments are the group's doing, not a dependency.
-            if !name.starts_with("assignment:") {
+            // Assignments and stalls are not dependencies.
+            if !name.starts_with("assignment:") && !name.starts_with("retrying:") {
                 dependencies
                     .metrics
                     .dependency_checked(name, verdict.is_ok());
@@ -284,6 +285,20 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
         };
         checks.push((format!("kafka:{topic}"), kafka));
         checks.push((format!("assignment:{topic}"), assignment));
+    }
+    // A partition stuck behind a failure that does not pass.
+    for ((topic, partition), stall) in dependencies.metrics.stalls.now() {
+        let retrying = stall.since.elapsed();
+        if retrying > STALLED_AFTER {
+            checks.push((
+                format!("retrying:{topic}/{partition}"),
+                Err(format!(
+                    "retrying its batch for {} s: {}",
+                    retrying.as_secs(),
+                    stall.why
+                )),
+            ));
+        }
     }
     checks
 }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,6 +20,7 @@ use rdkafka::statistics::Statistics;
 
 use crate::config::CommandTopic;
 use crate::db::PoolUsage;
+use crate::ops::stalls::Stalls;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -87,6 +89,9 @@ pub struct Metrics {
     db_pool_connections: Family<PoolStateLabel, Gauge>,
     db_pool_max: Gauge,
     dependency_up: Family<DependencyLabel, Gauge>,
+    retrying_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    /// The partitions retrying a batch, reported by the loops.
+    pub stalls: Stalls,
 }
 
 impl Default for Metrics {
@@ -108,6 +113,7 @@ impl Metrics {
         let db_pool_connections = Family::default();
         let db_pool_max = Gauge::default();
         let dependency_up = Family::default();
+        let retrying_seconds = Family::default();
         let build_info: Family<VersionLabel, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -166,6 +172,11 @@ impl Metrics {
             "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
             dependency_up.clone(),
         );
+        registry.register(
+            "retrying_seconds",
+            "How long a partition has been retrying its batch (absent when it is not)",
+            retrying_seconds.clone(),
+        );
         registry.register("build_info", "The handler's version", build_info);
         Metrics {
             registry,
@@ -180,6 +191,8 @@ impl Metrics {
             db_pool_connections,
             db_pool_max,
             dependency_up,
+            retrying_seconds,
+            stalls: Stalls::default(),
         }
     }
 
@@ -298,6 +311,12 @@ impl Metrics {
                 .set(i64::from(count));
         }
         self.db_pool_max.set(i64::from(pool.max));
+        self.retrying_seconds.clear();
+        for ((topic, partition), stall) in self.stalls.now() {
+            self.retrying_seconds
+                .get_or_create(&PartitionLabels { topic, partition })
+                .set(stall.since.elapsed().as_secs_f64());
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

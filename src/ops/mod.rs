@@ -7,3 +7,4 @@ pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod probe;
+pub(crate) mod stalls;

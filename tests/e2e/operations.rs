@@ -357,3 +357,56 @@ fn liveness_fails_while_a_loop_is_stuck_and_recovers() {
     http_until(&live, "liveness back", |r| r.status == 200);
     env.handler(handler).stop_cleanly();
 }
+
+/// A partition that cannot get past a failure is seen, not only counted: how long it
+/// has been retrying is a metric, and readiness names it; once the failure passes,
+/// both clear.
+#[test]
+fn a_stalled_partition_shows_in_metrics_and_readiness_until_it_passes() {
+    let mut env = TestEnv::with_partitions("stalled", 1);
+    let handler = env.start_handler(&HTTP);
+    let base = format!("http://{}", env.handler(handler).http_address());
+    let ready = format!("{base}/health/ready");
+    let (iban, _) = env.open_account();
+    http_until(&ready, "readiness", |r| r.status == 200);
+
+    // The transfer answers' topic refuses every record for now.
+    let mtf = env.topics.mtf.clone();
+    env.stack
+        .set_topic_config(&mtf, &[("max.message.bytes", "16")]);
+    let command = TransferCmd::new("", 4, "cash", &iban);
+    env.send_transfer(&command);
+    env.flush();
+    let check = format!("retrying:{}/0", env.topics.cmt);
+    let stalled = http_until(&ready, "readiness naming the stalled partition", |r| {
+        r.status == 503 && r.body.contains(&check)
+    });
+    assert!(
+        stalled.body.contains("not acknowledged"),
+        "{}",
+        stalled.body
+    );
+    let series = format!(
+        "command_handler_retrying_seconds{{topic=\"{}\",partition=\"0\"}}",
+        env.topics.cmt
+    );
+    let metrics = http("GET", &format!("{base}/metrics"));
+    assert!(
+        metrics.body.contains(&series),
+        "{series} not in\n{}",
+        metrics.body
+    );
+
+    // The topic takes records again: the answer goes out, the stall clears.
+    env.stack
+        .set_topic_config(&mtf, &[("max.message.bytes", "1048588")]);
+    env.await_answer(command.id);
+    http_until(&ready, "readiness again", |r| r.status == 200);
+    let metrics = http("GET", &format!("{base}/metrics"));
+    assert!(
+        !metrics.body.contains("command_handler_retrying_seconds{"),
+        "{}",
+        metrics.body
+    );
+    env.handler(handler).stop_cleanly();
+}

@@ -125,3 +125,50 @@ fn a_record_redelivered_after_a_crash_gets_its_answer_and_events_again() {
     );
     assert_eq!(env.amount(&iban), Some(5_000));
 }
+
+/// Event rows whose cleanup failed (here written by hand for an acknowledged transfer)
+/// are swept once the offset after their record is stored; the events of records not
+/// yet acknowledged stay, as a replay needs them.
+#[test]
+fn leftover_event_rows_are_swept_once_their_offsets_are_stored() {
+    use diesel::prelude::*;
+
+    let mut env = TestEnv::with_partitions("sweep", 1);
+    let first = env.start_handler(&[]);
+    let (iban, _) = env.open_account();
+    let early = TransferCmd::new("", 3, "cash", &iban);
+    assert_eq!(env.transfer(&early), None);
+    env.handler(first).stop_cleanly();
+
+    let leftover = format!(
+        "INSERT INTO cmt_balance_changed \
+         (cmt_uuid, position, iban, new_balance, changed_by, from_to, description) \
+         VALUES ('{}', 0, '{iban}', 3, 3, 'cash'::bytea, 'leftover'::bytea)",
+        early.id
+    );
+    diesel::sql_query(leftover)
+        .execute(&mut env.admin_db())
+        .unwrap();
+    let rows_of = |env: &TestEnv, id: Uuid| -> i64 {
+        diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!(
+            "SELECT count(*) FROM cmt_balance_changed WHERE cmt_uuid = '{id}'"
+        ))
+        .get_result(&mut env.admin_db())
+        .unwrap()
+    };
+    assert_eq!(rows_of(&env, early.id), 1);
+
+    env.start_handler(&[]);
+    let late = TransferCmd::new("", 4, "cash", &iban);
+    assert_eq!(env.transfer(&late), None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rows_of(&env, early.id) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leftover row of {} was not swept",
+            early.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(env.amount(&iban), Some(3 + 4));
+}

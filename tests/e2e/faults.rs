@@ -347,3 +347,95 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
         "the handler rode out every outage"
     );
 }
+
+/// While a batch waits out an outage, its instance stays in the group: its partitions
+/// are paused and it keeps polling. An outage longer than `max.poll.interval.ms` sets
+/// off no rebalance, and every command is answered once.
+#[test]
+fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
+    let mut env = TestEnv::with_partitions("membership", 4);
+    // The broker's smallest session timeout, and a poll interval just above it.
+    let group = [
+        ("RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS", "6000"),
+        ("RDKAFKA_CONSUMER_MAX_POLL_INTERVAL_MS", "7000"),
+    ];
+    let instances = [env.start_handler(&group), env.start_handler(&group)];
+    let (iban, _) = env.open_account();
+    let cmt = env.topics.cmt.clone();
+    for instance in instances {
+        env.handler(instance)
+            .wait_for_log_where("an assignment of the transfer topic", |log| {
+                log.contains(&format!("assigned {cmt}/"))
+            });
+    }
+    // Both instances answer: the group is settled.
+    let warm_up: Vec<TransferCmd> = (0..8)
+        .map(|_| TransferCmd::new("", 1, "cash", &iban))
+        .collect();
+    for command in &warm_up {
+        env.send_transfer(command);
+    }
+    env.flush();
+    env.await_answers(&warm_up.iter().map(|c| c.id).collect::<Vec<_>>());
+    let revoked = |env: &mut TestEnv| -> usize {
+        instances
+            .iter()
+            .map(|i| {
+                env.handler(*i)
+                    .log()
+                    .matches(&format!("revoked {cmt}/"))
+                    .count()
+            })
+            .sum()
+    };
+    let revoked_before = revoked(&mut env);
+
+    // The outage: the transfers' table is gone for longer than the poll interval.
+    let mut admin = env.admin_db();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut admin,
+        "ALTER TABLE cmt RENAME TO cmt_away",
+    )
+    .unwrap();
+    let during: Vec<TransferCmd> = (0..8)
+        .map(|_| TransferCmd::new("", 2, "cash", &iban))
+        .collect();
+    for command in &during {
+        env.send_transfer(command);
+    }
+    env.flush();
+    // The eighth failed attempt comes 12.7 s after the first: well past the interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !instances
+        .iter()
+        .any(|i| env.handler(*i).log().contains("(attempt 8)"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no instance retried eight times"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut admin,
+        "ALTER TABLE cmt_away RENAME TO cmt",
+    )
+    .unwrap();
+
+    env.await_answers(&during.iter().map(|c| c.id).collect::<Vec<_>>());
+    env.collect_for(Duration::from_secs(2));
+    for command in warm_up.iter().chain(&during) {
+        assert_eq!(
+            env.answers_to(command.id).len(),
+            1,
+            "{} answered once",
+            command.id
+        );
+    }
+    assert_eq!(
+        revoked(&mut env),
+        revoked_before,
+        "no rebalance during the outage"
+    );
+    assert_eq!(env.amount(&iban), Some(8 + 16));
+}

@@ -60,6 +60,10 @@ pub struct Stack {
     pub sasl: SaslStack,
     /// The registry's port that requires HTTP basic authentication (same schemas).
     pub auth_registry: AuthRegistry,
+    /// A PostgreSQL role that may connect over TLS only (the server's certificate is
+    /// signed by `tls.ca` and names localhost), and its password.
+    pub db_tls_role: String,
+    pub db_tls_password: String,
 }
 
 pub struct SaslStack {
@@ -168,6 +172,8 @@ impl Stack {
                 key: get("AUTH_REGISTRY_KEY"),
                 secret: get("AUTH_REGISTRY_SECRET"),
             },
+            db_tls_role: get("PG_TLS_ROLE"),
+            db_tls_password: get("PG_TLS_PASSWORD"),
         }
     }
 

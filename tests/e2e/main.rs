@@ -7,6 +7,7 @@ mod harness;
 mod accounts;
 mod bad_input;
 mod concurrency;
+mod database_tls;
 mod drop_in;
 mod faults;
 mod lifecycle;

@@ -4,7 +4,7 @@
 //! `mpsc` channel. A signal stops the consumers after the batch in flight; the producer
 //! thread then flushes and the consumers' last offsets are committed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
@@ -338,6 +338,7 @@ impl LoopParts<'_> {
             batch_size: self.config.batch_size,
             metrics: Arc::clone(self.metrics),
             heartbeat: Arc::clone(&heartbeat),
+            acknowledged_events: RefCell::new(Vec::new()),
             last_sweep: Cell::new(None),
             kind: PhantomData,
         };

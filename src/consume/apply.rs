@@ -126,17 +126,23 @@ impl<K: CommandKind> CommandLoop<K> {
         if commands.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        self.retries(batch).run(what, || {
+        // Carried by this transaction; kept for the next one if it does not commit.
+        let acknowledged = self.acknowledged_events.take();
+        let outcome = self.retries(batch).run(what, || {
             let attempt = self
                 .database
                 .connection()
-                .and_then(|mut conn| Ok(K::apply(&mut conn, commands)?));
+                .and_then(|mut conn| Ok(K::apply(&mut conn, commands, &acknowledged)?));
             match attempt {
                 Ok(answers) => Ok(Ok(answers)),
                 Err(error) if error.failure() == DbFailure::Permanent => Ok(Err(error)),
                 Err(error) => Err(Attempt::Transient(error)),
             }
-        })
+        });
+        if !matches!(outcome, Ok(Ok(_))) {
+            self.acknowledged_events.borrow_mut().extend(acknowledged);
+        }
+        outcome
     }
 
     /// Each command in a transaction of its own: the answer, or why the database

@@ -34,7 +34,7 @@ pub(crate) mod kinds;
 mod publish;
 pub(crate) mod retry;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -51,7 +51,7 @@ use self::kinds::CommandKind;
 pub use self::retry::LoopError;
 use self::retry::{Attempt, Interrupted, Retries};
 use crate::config::Topics;
-use crate::db::{Database, transfers};
+use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
 use crate::produce::{Destinations, PublishRequest};
@@ -74,6 +74,8 @@ pub(crate) struct CommandLoop<K: CommandKind> {
     pub metrics: Arc<Metrics>,
     /// Shared with the liveness probe.
     pub heartbeat: Arc<Heartbeat>,
+    /// Commands whose events Kafka acknowledged, to forget with the next transaction.
+    pub acknowledged_events: RefCell<Vec<uuid::Uuid>>,
     /// When the kind's housekeeping last ran ([`CommandKind::offsets_stored`]).
     pub last_sweep: Cell<Option<Instant>>,
     /// `fn() -> K`: the loop holds no `K`, so it is `Send` whatever `K` is.
@@ -92,6 +94,7 @@ impl<K: CommandKind> CommandLoop<K> {
             Ok(()) | Err(Interrupted::Shutdown) => Ok(()),
             Err(Interrupted::Fatal(error)) => Err(error),
         };
+        self.forget_acknowledged();
         // Commit what was stored, then leave the group, so a successor starts where
         // this instance stopped.
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -108,6 +111,8 @@ impl<K: CommandKind> CommandLoop<K> {
             self.heartbeat.beat();
             let batch = self.poll_batch();
             if batch.records.is_empty() {
+                // Quiet: forget acknowledged events now rather than with the next batch.
+                self.forget_acknowledged();
                 continue;
             }
             let decoded = self.decode(&batch)?;
@@ -120,7 +125,9 @@ impl<K: CommandKind> CommandLoop<K> {
                 batch.len(),
                 batch.polled_at.elapsed(),
             );
-            self.forget_published(&applied.with_events);
+            self.acknowledged_events
+                .borrow_mut()
+                .extend(applied.with_events);
             self.store_offsets(&batch);
         }
         Ok(())
@@ -201,21 +208,22 @@ impl<K: CommandKind> CommandLoop<K> {
         K::decode(&self.decoder, record, value)
     }
 
-    /// Deletes the recorded events of a published batch. Best effort: if it fails, a
-    /// later redelivery publishes them once more, which is allowed.
-    fn forget_published(&self, transfers: &[uuid::Uuid]) {
-        if transfers.is_empty() {
+    /// Deletes the recorded events of acknowledged batches that no next batch carried.
+    /// Best effort: if it fails, a later redelivery publishes them once more, which is
+    /// allowed, and the sweep takes them.
+    fn forget_acknowledged(&self) {
+        let acknowledged = self.acknowledged_events.take();
+        if acknowledged.is_empty() {
             return;
         }
-        let result = self.database.connection().and_then(|mut conn| {
-            Ok(transfers::forget_published_balance_changes(
-                &mut conn, transfers,
-            )?)
-        });
+        let result = self
+            .database
+            .connection()
+            .and_then(|mut conn| Ok(K::forget(&mut conn, &acknowledged)?));
         if let Err(error) = result {
             warn!(
                 "could not forget the published events of {} transfers: {error}",
-                transfers.len()
+                acknowledged.len()
             );
         }
     }

@@ -90,6 +90,8 @@ pub fn apply_account_creations(
 }
 
 /// Applies the transfers not seen before, in command order; answers, in command order.
+/// First forgets the events of `acknowledged`, transfers of earlier batches whose
+/// events Kafka acknowledged (see [`transfers::forget_published_balance_changes`]).
 ///
 /// A command whose id was recorded is answered as recorded. Its BalanceChanged events
 /// are published again only when this is the very record that was applied and its
@@ -99,8 +101,12 @@ pub fn apply_account_creations(
 pub fn apply_transfers(
     conn: &mut PgConnection,
     commands: &[TransferCommand],
+    acknowledged: &[Uuid],
 ) -> QueryResult<Vec<TransferAnswer>> {
     conn.transaction(|conn| {
+        if !acknowledged.is_empty() {
+            transfers::forget_published_balance_changes(conn, acknowledged)?;
+        }
         let ids: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
         let recorded = transfers::recorded_transfers(conn, &ids)?;
         let redelivered: HashSet<Uuid> = commands
@@ -318,7 +324,7 @@ mod tests {
         let (iban, _) = open(conn, Uuid::new_v4());
         let id = Uuid::new_v4();
         let deposit = transfer(id, 7, "cash", &iban, "", 500);
-        let answers = apply_transfers(conn, std::slice::from_ref(&deposit)).unwrap();
+        let answers = apply_transfers(conn, std::slice::from_ref(&deposit), &[]).unwrap();
         assert_eq!(answers[0].failure, None);
         assert_eq!(answers[0].balance_changes.len(), 1);
         assert_eq!(answers[0].balance_changes[0].new_balance, 500);
@@ -326,21 +332,21 @@ mod tests {
         // The same record again (a crash before the acknowledgement): the same answer
         // and events, no second deposit.
         assert_eq!(
-            apply_transfers(conn, std::slice::from_ref(&deposit)).unwrap(),
+            apply_transfers(conn, std::slice::from_ref(&deposit), &[]).unwrap(),
             answers
         );
         // Another record with the same id: a duplicate command, answered without events.
         let duplicate = transfer(id, 8, "cash", &iban, "", 500);
-        let answer = &apply_transfers(conn, &[duplicate]).unwrap()[0];
+        let answer = &apply_transfers(conn, &[duplicate], &[]).unwrap()[0];
         assert_eq!(
             (answer.failure.as_deref(), answer.balance_changes.len()),
             (None, 0)
         );
         assert_eq!(amount_and_limit(conn, &iban).0, 500);
 
-        // Once Kafka acknowledged the events, a redelivery does not publish them again.
-        transfers::forget_published_balance_changes(conn, &[id]).unwrap();
-        let answer = &apply_transfers(conn, &[deposit]).unwrap()[0];
+        // Once Kafka acknowledged the events, the next batch's transaction forgets them
+        // first: a redelivery in it does not publish them again.
+        let answer = &apply_transfers(conn, &[deposit], &[id]).unwrap()[0];
         assert!(answer.balance_changes.is_empty());
     }
 
@@ -356,7 +362,7 @@ mod tests {
             transfer(Uuid::new_v4(), 2, &iban, BANK_IBAN, &token, 50_100),
             transfer(Uuid::new_v4(), 3, &iban, BANK_IBAN, "wrong", 1),
         ];
-        let failures: Vec<Option<String>> = apply_transfers(conn, &batch)
+        let failures: Vec<Option<String>> = apply_transfers(conn, &batch, &[])
             .unwrap()
             .into_iter()
             .map(|answer| answer.failure)

@@ -264,7 +264,7 @@ mod tests {
             deposit(iban, 0, 9),
             deposit(iban, 1, 2),
         );
-        apply_transfers(conn, &[early.clone(), late.clone(), elsewhere.clone()]).unwrap();
+        apply_transfers(conn, &[early.clone(), late.clone(), elsewhere.clone()], &[]).unwrap();
 
         assert_eq!(sweep_balance_changes_before(conn, 0, 7).unwrap(), 1);
         let left = recorded_balance_changes(conn, &[early.id, late.id, elsewhere.id]).unwrap();

@@ -33,6 +33,7 @@ usage:
 ";
 
 fn main() {
+    app::cap_malloc_arenas();
     let argument = std::env::args().nth(1);
     match argument.as_deref() {
         Some("--help" | "-h") => {

@@ -18,6 +18,14 @@
 //! recorded outcomes and answers exactly as the first time, so nothing is lost and
 //! nothing is applied twice (answers may be duplicated).
 //!
+//! Batches are pipelined: while Kafka acknowledges batch N (step 3), batch N+1 is
+//! decoded and applied (steps 1 and 2) and handed to the producer behind it; N's
+//! offsets are stored before N+1's. The reasoning above holds batch by batch: a crash
+//! redelivers N and N+1, both recorded, both answered as the first time. Order holds
+//! too: N+1 is applied after N, its records are sent after N's by the one producer
+//! (idempotent, so in order per partition), and when N must be sent again, N+1 is sent
+//! again in full behind it.
+//!
 //! # Failures
 //!
 //! Each layer's error says what the loop does ([`retry`]): a transient failure
@@ -48,6 +56,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use self::batch::{Batch, Decoded, Intake};
 use self::consumer::CommandConsumer;
 use self::kinds::CommandKind;
+use self::publish::InFlight;
 pub use self::retry::LoopError;
 use self::retry::{Attempt, Interrupted, Retries};
 use crate::config::Topics;
@@ -105,30 +114,41 @@ impl<K: CommandKind> CommandLoop<K> {
         outcome
     }
 
-    /// The data path, one batch at a time.
+    /// The data path. Pipelined: while Kafka acknowledges one batch, the next is
+    /// decoded and applied; batches are completed (acknowledged, offsets stored) in the
+    /// order they were polled.
     fn consume(&self) -> Result<(), Interrupted> {
+        let mut in_flight: Option<InFlight<'_>> = None;
+        let outcome = self.consume_pipelined(&mut in_flight);
+        // Stopping: the batch in flight is finished if Kafka acknowledges it in time.
+        match (outcome, in_flight.take()) {
+            (Ok(()) | Err(Interrupted::Shutdown), Some(last)) => self.complete(last, None),
+            (outcome, _) => outcome,
+        }
+    }
+
+    fn consume_pipelined<'c>(
+        &'c self,
+        in_flight: &mut Option<InFlight<'c>>,
+    ) -> Result<(), Interrupted> {
         while !self.shutdown.load(Ordering::Acquire) {
             self.heartbeat.beat();
             let batch = self.poll_batch();
             if batch.records.is_empty() {
-                // Quiet: forget acknowledged events now rather than with the next batch.
-                self.forget_acknowledged();
+                match in_flight.take() {
+                    Some(previous) => self.complete(previous, None)?,
+                    // Quiet: forget acknowledged events now, not with the next batch.
+                    None => self.forget_acknowledged(),
+                }
                 continue;
             }
             let decoded = self.decode(&batch)?;
             let applied = self.apply(&batch, decoded)?;
-            self.publish(&batch, applied.outbound)?;
-            self.metrics.batch_done(
-                K::TOPIC,
-                self.topic(),
-                applied.tally,
-                batch.len(),
-                batch.polled_at.elapsed(),
-            );
-            self.acknowledged_events
-                .borrow_mut()
-                .extend(applied.with_events);
-            self.store_offsets(&batch);
+            let mut next = self.hand_over(batch, applied)?;
+            if let Some(previous) = in_flight.take() {
+                self.complete(previous, Some(&mut next))?;
+            }
+            *in_flight = Some(next);
         }
         Ok(())
     }

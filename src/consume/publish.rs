@@ -1,43 +1,99 @@
-//! Stage 3, hand over and acknowledge: the batch's records go to the producer thread
-//! over `mpsc`, and the loop waits until Kafka acknowledged every one, publishing again
-//! what was not.
+//! Stage 3, hand over and acknowledge: a batch's records go to the producer thread over
+//! `mpsc` ([`CommandLoop::hand_over`]), and while Kafka acknowledges them the loop
+//! applies the next batch; then it waits for the acknowledgement of every record,
+//! publishing again what was not ([`CommandLoop::complete`]), and stores the offsets.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use log::warn;
+use uuid::Uuid;
 
 use super::CommandLoop;
-use super::batch::Batch;
+use super::batch::{Applied, Batch};
 use super::kinds::CommandKind;
 use super::retry::{Attempt, Interrupted, LoopError};
+use crate::ops::metrics::BatchTally;
 use crate::produce::{Outbound, PublishError, PublishRequest};
 
 /// How long a loop still waits for an acknowledgement after shutdown was asked (the
 /// broker may be down); then the batch is left unstored and redelivered on restart.
 const ACKNOWLEDGEMENT_GRACE: Duration = Duration::from_secs(15);
 
+type Acknowledgement = mpsc::Receiver<Result<(), PublishError>>;
+
+/// A batch handed to the producer, its acknowledgement still to come.
+pub(super) struct InFlight<'c> {
+    pub batch: Batch<'c>,
+    records: Arc<Vec<Outbound>>,
+    acknowledgement: Acknowledgement,
+    with_events: Vec<Uuid>,
+    tally: BatchTally,
+    /// An earlier batch was sent again after this one was handed over: this one is sent
+    /// again in full behind it, so that no partition's records change order.
+    send_again: bool,
+}
+
 impl<K: CommandKind> CommandLoop<K> {
-    /// Stage 3: hands the records to the producer thread and waits for Kafka's
-    /// acknowledgement of every one, publishing again what was not acknowledged.
-    pub(super) fn publish(
+    /// Stage 3a: hands an applied batch's records to the producer thread, which sends
+    /// them behind those of the batch in flight.
+    pub(super) fn hand_over<'c>(
         &self,
-        batch: &Batch<'_>,
-        outbound: Vec<Outbound>,
+        batch: Batch<'c>,
+        applied: Applied,
+    ) -> Result<InFlight<'c>, Interrupted> {
+        let records = Arc::new(applied.outbound);
+        let acknowledgement = self.send(&records).map_err(Interrupted::Fatal)?;
+        Ok(InFlight {
+            batch,
+            records,
+            acknowledgement,
+            with_events: applied.with_events,
+            tally: applied.tally,
+            send_again: false,
+        })
+    }
+
+    /// Stage 3b and 4: waits until Kafka acknowledged every record of `in_flight`,
+    /// publishing again from the first record it did not acknowledge, in order; then
+    /// counts the batch and stores its offsets. When anything was sent again, `next`
+    /// (handed over meanwhile) is marked to be sent again in full behind it.
+    pub(super) fn complete(
+        &self,
+        in_flight: InFlight<'_>,
+        next: Option<&mut InFlight<'_>>,
     ) -> Result<(), Interrupted> {
-        let what = || format!("publishing answers of {}", batch.describe());
-        let mut records = Arc::new(outbound);
-        self.retries(batch).run(what, || {
-            let (done, acknowledged) = mpsc::sync_channel(1);
-            let request = PublishRequest {
-                records: Arc::clone(&records),
-                done,
-            };
-            if self.publish.send(request).is_err() {
-                return Err(Attempt::Fatal(LoopError::ProducerGone));
+        let InFlight {
+            batch,
+            mut records,
+            acknowledgement,
+            with_events,
+            tally,
+            send_again,
+        } = in_flight;
+        let mut pending = Some(acknowledgement);
+        if send_again {
+            // Whatever became of the first send, the records go again behind the batch
+            // that was sent again before them.
+            let first = pending
+                .take()
+                .and_then(|a| self.wait_for_acknowledgement(&a));
+            if let Some(Err(PublishError::Fatal(why))) = first {
+                return Err(Interrupted::Fatal(LoopError::PublishFatal(why)));
             }
-            match self.wait_for_acknowledgement(&acknowledged) {
+        }
+        let mut sent_again = send_again;
+        let what = || format!("publishing answers of {}", batch.describe());
+        self.retries(&batch).run(what, || {
+            let acknowledgement = match pending.take() {
+                Some(acknowledgement) => acknowledgement,
+                None => {
+                    sent_again = true;
+                    self.send(&records).map_err(Attempt::Fatal)?
+                }
+            };
+            match self.wait_for_acknowledgement(&acknowledgement) {
                 None => Err(Attempt::Shutdown),
                 Some(Ok(())) => Ok(()),
                 Some(Err(PublishError::Fatal(why))) => {
@@ -48,35 +104,40 @@ impl<K: CommandKind> CommandLoop<K> {
                     too_large,
                     why,
                 })) => {
-                    // Send again from the first record Kafka did not acknowledge, in the
-                    // same order: a later record that got through is sent again too
-                    // (duplicates are allowed, reordering a partition is not).
-                    let first = unacknowledged.iter().copied().min().unwrap_or(0);
-                    let mut again: Vec<Outbound> = records[first..].to_vec();
-                    for position in too_large {
-                        match records[position].without_value() {
-                            Some(stub) => {
-                                warn!(
-                                    "a dead letter is larger than {} accepts; sending it without its value",
-                                    records[position].topic
-                                );
-                                again[position - first] = stub;
-                            }
-                            None => warn!(
-                                "an answer is larger than {} or the brokers accept \
-                                 (max.message.bytes, message.max.bytes); retrying until it is raised",
-                                records[position].topic
-                            ),
-                        }
-                    }
-                    records = Arc::new(again);
+                    records = Arc::new(resend_from_first(&records, &unacknowledged, &too_large));
                     Err(Attempt::Transient(format!(
                         "{} records not acknowledged: {why}",
                         unacknowledged.len()
                     )))
                 }
             }
-        })
+        })?;
+        if sent_again && let Some(next) = next {
+            next.send_again = true;
+        }
+        self.metrics.batch_done(
+            K::TOPIC,
+            self.topic(),
+            tally,
+            batch.len(),
+            batch.polled_at.elapsed(),
+        );
+        self.acknowledged_events.borrow_mut().extend(with_events);
+        self.store_offsets(&batch);
+        Ok(())
+    }
+
+    /// One request to the producer thread.
+    fn send(&self, records: &Arc<Vec<Outbound>>) -> Result<Acknowledgement, LoopError> {
+        let (done, acknowledgement) = mpsc::sync_channel(1);
+        let request = PublishRequest {
+            records: Arc::clone(records),
+            done,
+        };
+        self.publish
+            .send(request)
+            .map_err(|_| LoopError::ProducerGone)?;
+        Ok(acknowledgement)
     }
 
     /// Waits for a batch's acknowledgement, beating the heartbeat. After shutdown is
@@ -111,4 +172,34 @@ impl<K: CommandKind> CommandLoop<K> {
             }
         }
     }
+}
+
+/// What to send again after a partial failure: from the first record Kafka did not
+/// acknowledge onward, in the same order (a later record that got through goes again
+/// too: duplicates are allowed, reordering a partition is not); a dead letter refused
+/// for its size goes without its value.
+fn resend_from_first(
+    records: &[Outbound],
+    unacknowledged: &[usize],
+    too_large: &[usize],
+) -> Vec<Outbound> {
+    let first = unacknowledged.iter().copied().min().unwrap_or(0);
+    let mut again: Vec<Outbound> = records[first..].to_vec();
+    for &position in too_large {
+        match records[position].without_value() {
+            Some(stub) => {
+                warn!(
+                    "a dead letter is larger than {} accepts; sending it without its value",
+                    records[position].topic
+                );
+                again[position - first] = stub;
+            }
+            None => warn!(
+                "an answer is larger than {} or the brokers accept \
+                 (max.message.bytes, message.max.bytes); retrying until it is raised",
+                records[position].topic
+            ),
+        }
+    }
+    again
 }

@@ -176,8 +176,10 @@ impl<K: CommandKind> CommandLoop<K> {
 
 /// What to send again after a partial failure: from the first record Kafka did not
 /// acknowledge onward, in the same order (a later record that got through goes again
-/// too: duplicates are allowed, reordering a partition is not); a dead letter refused
-/// for its size goes without its value.
+/// too: duplicates are allowed, reordering a partition is not). Of the dead letters
+/// refused for their size, the largest goes without its value: records refused
+/// together may have been refused for one of them only, so the others are tried again
+/// as they are, and the next round takes the next largest if need be.
 fn resend_from_first(
     records: &[Outbound],
     unacknowledged: &[usize],
@@ -185,21 +187,69 @@ fn resend_from_first(
 ) -> Vec<Outbound> {
     let first = unacknowledged.iter().copied().min().unwrap_or(0);
     let mut again: Vec<Outbound> = records[first..].to_vec();
+    let largest_dead_letter = too_large
+        .iter()
+        .copied()
+        .filter_map(|position| Some((position, records[position].dead_letter_size()?)))
+        .max_by_key(|(_, size)| *size);
+    if let Some((position, _)) = largest_dead_letter
+        && let Some(stub) = records[position].without_value()
+    {
+        warn!(
+            "a dead letter is larger than {} accepts; sending it without its value",
+            records[position].topic
+        );
+        again[position - first] = stub;
+    }
     for &position in too_large {
-        match records[position].without_value() {
-            Some(stub) => {
-                warn!(
-                    "a dead letter is larger than {} accepts; sending it without its value",
-                    records[position].topic
-                );
-                again[position - first] = stub;
-            }
-            None => warn!(
+        if records[position].dead_letter_size().is_none() {
+            warn!(
                 "an answer is larger than {} or the brokers accept \
                  (max.message.bytes, message.max.bytes); retrying until it is raised",
                 records[position].topic
-            ),
+            );
         }
     }
     again
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+
+    fn dead_letter(offset: i64, size: usize) -> Outbound {
+        let record = OwnedMessage::new(
+            Some(vec![0xab; size]),
+            Some(b"key".to_vec()),
+            "commands".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        );
+        Outbound::dead_letter(
+            &Arc::from("dead-letters"),
+            usize::MAX,
+            &record,
+            "not a command",
+        )
+    }
+
+    #[test]
+    fn a_resend_starts_at_the_first_unacknowledged_and_strips_only_the_largest_refused_dead_letter()
+    {
+        let records = [
+            dead_letter(0, 5),
+            dead_letter(1, 10),
+            dead_letter(2, 65_536),
+            dead_letter(3, 7),
+        ];
+        // Refused together for the size of one of them; the first was acknowledged.
+        let again = resend_from_first(&records, &[1, 2, 3], &[1, 2]);
+        let sizes: Vec<Option<usize>> = again.iter().map(Outbound::dead_letter_size).collect();
+        assert_eq!(sizes, [Some(10), None, Some(7)]);
+    }
 }

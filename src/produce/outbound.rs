@@ -104,6 +104,17 @@ impl Outbound {
         }
     }
 
+    /// The size of a dead letter's value; None for other records and for a dead letter
+    /// without a value.
+    pub fn dead_letter_size(&self) -> Option<usize> {
+        match &self.body {
+            OutboundBody::DeadLetter {
+                value: Some(value), ..
+            } => Some(value.len()),
+            _ => None,
+        }
+    }
+
     /// About the record's size in a produce request: key, value, headers and the
     /// record's own framing (generously).
     fn size(&self) -> usize {

@@ -270,6 +270,28 @@ impl Stack {
                 panic!("cannot configure {resource:?}: {error}");
             }
         }
+        // The brokers take the change a moment after the controller: wait until it shows.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let described = futures_executor::block_on(
+                self.admin()
+                    .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
+            );
+            let applied = described.ok().and_then(|results| {
+                let resource = results.into_iter().next()?.ok()?;
+                Some(entries.iter().all(|(key, value)| {
+                    resource.get(key).and_then(|entry| entry.value.as_deref()) == Some(*value)
+                }))
+            });
+            if applied == Some(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} did not take {entries:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn delete_topics(&self, names: &[&String]) {

@@ -7,7 +7,7 @@ use log::{debug, warn};
 use rdkafka::Message;
 
 use super::CommandLoop;
-use super::batch::{Applied, Batch, Decoded, Intake, printable_key};
+use super::batch::{Applied, At, Batch, Decoded, Intake, printable_key};
 use super::kinds::CommandKind;
 use super::retry::{Attempt, Interrupted, LoopError};
 use crate::db::{DbError, DbFailure};
@@ -70,25 +70,19 @@ impl<K: CommandKind> CommandLoop<K> {
             tally: BatchTally::default(),
         };
         for (record, outcome) in batch.records.iter().zip(outcomes) {
-            let at = format!(
-                "{}/{}@{}",
-                record.topic(),
-                record.partition(),
-                record.offset()
-            );
+            let at = At(record);
             match outcome {
                 Some(Ok((command, answer))) => {
                     let id = K::id(command);
                     debug!("{at} command {id}: {}: {answer:?}", K::NAME);
                     // Decoding checked that the key is there.
                     let key = record.key().unwrap_or_default();
-                    let answer_records = (&self.destinations, &mut applied.outbound);
                     if K::answer(
                         id,
                         key,
                         answer,
-                        answer_records.0,
-                        answer_records.1,
+                        &self.destinations,
+                        &mut applied.outbound,
                         &mut applied.tally,
                     ) {
                         applied.with_events.push(id);
@@ -156,12 +150,7 @@ impl<K: CommandKind> CommandLoop<K> {
         let mut answers = Vec::with_capacity(commands.len());
         for (index, command) in indices.iter().zip(commands) {
             let record = &batch.records[*index];
-            let what = format!(
-                "applying the command of {}/{}@{}",
-                record.topic(),
-                record.partition(),
-                record.offset()
-            );
+            let what = format!("applying the command of {}", At(record));
             let single = std::slice::from_ref(command);
             answers.push(match self.apply_all(batch, &|| what.clone(), single)? {
                 Ok(mut answer) if answer.len() == 1 => Ok(answer.remove(0)),

@@ -93,6 +93,22 @@ impl Batch<'_> {
     }
 }
 
+/// Where a record is, `topic/partition@offset`, written only when a line is logged.
+pub(crate) struct At<'a, M>(pub &'a M);
+
+impl<M: Message> std::fmt::Display for At<'_, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let record = self.0;
+        write!(
+            f,
+            "{}/{}@{}",
+            record.topic(),
+            record.partition(),
+            record.offset()
+        )
+    }
+}
+
 /// A record key (by contract the command id) fit for a log line: at most 64
 /// characters, control characters escaped, so a hostile key cannot forge lines.
 pub(crate) fn printable_key(key: Option<&[u8]>) -> String {

@@ -154,14 +154,14 @@ impl<K: CommandKind> CommandLoop<K> {
     }
 
     /// Retries of a stage of `batch`.
-    fn retries(&self, batch: &Batch<'_>) -> Retries<'_> {
+    fn retries<'a>(&'a self, batch: &'a Batch<'a>) -> Retries<'a> {
         Retries {
             consumer: &self.consumer,
             shutdown: &self.shutdown,
             heartbeat: &self.heartbeat,
             metrics: &self.metrics,
             topic: self.topic(),
-            partitions: batch.partitions(),
+            batch,
         }
     }
 

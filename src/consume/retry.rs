@@ -10,6 +10,7 @@ use log::{info, warn};
 use rdkafka::consumer::Consumer;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::batch::Batch;
 use super::consumer::CommandConsumer;
 use crate::backoff::Backoff;
 use crate::ops::heartbeat::Heartbeat;
@@ -65,7 +66,8 @@ pub(crate) struct Retries<'a> {
     /// stalled until the attempt passes.
     pub metrics: &'a Metrics,
     pub topic: &'a str,
-    pub partitions: Vec<i32>,
+    /// The batch whose partitions a failed attempt reports stalled.
+    pub batch: &'a Batch<'a>,
 }
 
 impl Retries<'_> {
@@ -81,7 +83,9 @@ impl Retries<'_> {
         // A hold exists once an attempt failed: the stall it reported is over too.
         if let Some(hold) = hold {
             hold.release(self.consumer, self.topic);
-            self.metrics.stalls.resolved(self.topic, &self.partitions);
+            self.metrics
+                .stalls
+                .resolved(self.topic, &self.batch.partitions());
         }
         outcome
     }
@@ -103,7 +107,7 @@ impl Retries<'_> {
             self.metrics.batch_retried(self.topic);
             self.metrics
                 .stalls
-                .retrying(self.topic, &self.partitions, &error.to_string());
+                .retrying(self.topic, &self.batch.partitions(), &error.to_string());
             let delay = backoff.next_delay();
             let attempts = backoff.attempts();
             let level = if attempts < 5 {

@@ -111,9 +111,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
         info!("stopped before the database was ready");
         return Ok(());
     }
-    // The dead-letter topic, before the first poison record needs it.
-    let topic_ready = retry_until_shutdown(&shutdown, "the dead-letter topic", || {
-        match topics::ensure_dead_letter_topic(&config) {
+    // The dead-letter topic, before the first poison record needs it, and the right to
+    // write to every output topic.
+    let topic_ready = retry_until_shutdown(&shutdown, "the output topics", || {
+        match topics::ensure_dead_letter_topic(&config)
+            .and_then(|_| topics::check_write_rights(&config))
+        {
             Ok(_) => Ok(Ok(())),
             Err(error @ TopicError::Unreachable(_)) => Err(error.to_string()),
             Err(error @ TopicError::Refused(_)) => Ok(Err(error.to_string())),

@@ -57,6 +57,16 @@ impl Topics {
     }
 
     /// Every topic the handler reads or writes.
+    /// The topics the handler writes to: the answers, the events and the dead letters.
+    pub fn outputs(&self) -> [&String; 4] {
+        [
+            &self.account_creation_feedback,
+            &self.money_transfer_feedback,
+            &self.balance_changed,
+            &self.dead_letter,
+        ]
+    }
+
     pub fn all(&self) -> [&String; 6] {
         [
             &self.account_creation_commands,

@@ -13,13 +13,17 @@ use uuid::Uuid;
 use super::CommandLoop;
 use super::batch::{Applied, Batch};
 use super::kinds::CommandKind;
-use super::retry::{Attempt, Interrupted, LoopError};
+use super::retry::{Attempt, Hold, Interrupted, LoopError};
 use crate::ops::metrics::BatchTally;
 use crate::produce::{Outbound, PublishError, PublishRequest};
 
 /// How long a loop still waits for an acknowledgement after shutdown was asked (the
 /// broker may be down); then the batch is left unstored and redelivered on restart.
 const ACKNOWLEDGEMENT_GRACE: Duration = Duration::from_secs(15);
+
+/// An acknowledgement slower than this is Kafka retrying a send: the consumer is kept
+/// in its group meanwhile.
+const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 type Acknowledgement = mpsc::Receiver<Result<(), PublishError>>;
 
@@ -78,7 +82,7 @@ impl<K: CommandKind> CommandLoop<K> {
             // that was sent again before them.
             let first = pending
                 .take()
-                .and_then(|a| self.wait_for_acknowledgement(&a));
+                .and_then(|a| self.wait_for_acknowledgement(&batch, &a));
             if let Some(Err(PublishError::Fatal(why))) = first {
                 return Err(Interrupted::Fatal(LoopError::PublishFatal(why)));
             }
@@ -93,7 +97,7 @@ impl<K: CommandKind> CommandLoop<K> {
                     self.send(&records).map_err(Attempt::Fatal)?
                 }
             };
-            match self.wait_for_acknowledgement(&acknowledgement) {
+            match self.wait_for_acknowledgement(&batch, &acknowledgement) {
                 None => Err(Attempt::Shutdown),
                 Some(Ok(())) => Ok(()),
                 Some(Err(PublishError::Fatal(why))) => {
@@ -143,9 +147,45 @@ impl<K: CommandKind> CommandLoop<K> {
     /// Waits for a batch's acknowledgement, beating the heartbeat. After shutdown is
     /// requested it waits [`ACKNOWLEDGEMENT_GRACE`] more and then gives up (None): the
     /// batch's offsets are not stored, so it is redelivered on restart.
+    ///
+    /// librdkafka retries a send until `message.timeout.ms` (5 minutes), as long as the
+    /// default `max.poll.interval.ms`: a wait longer than [`HOLD_AFTER`] keeps the
+    /// consumer in its group as a retry does ([`Hold`]), and shows the batch's
+    /// partitions as retrying, so that a long wait is seen and sets off no rebalance.
     fn wait_for_acknowledgement(
         &self,
-        acknowledged: &mpsc::Receiver<Result<(), PublishError>>,
+        batch: &Batch<'_>,
+        acknowledged: &Acknowledgement,
+    ) -> Option<Result<(), PublishError>> {
+        let waiting_since = Instant::now();
+        let mut hold: Option<Hold> = None;
+        let outcome = self.await_acknowledgement(acknowledged, || {
+            if hold.is_none() && waiting_since.elapsed() >= HOLD_AFTER {
+                hold = Some(Hold::pause(&self.consumer));
+                self.metrics.stalls.retrying(
+                    self.topic(),
+                    &batch.partitions(),
+                    "waiting for Kafka to acknowledge the answers",
+                );
+            }
+            if let Some(hold) = &mut hold {
+                hold.poll(&self.consumer, Duration::ZERO);
+            }
+        });
+        if let Some(hold) = hold {
+            hold.release(&self.consumer, self.topic());
+            self.metrics
+                .stalls
+                .resolved(self.topic(), &batch.partitions());
+        }
+        outcome
+    }
+
+    /// The waiting itself; `meanwhile` runs between slices of it.
+    fn await_acknowledgement(
+        &self,
+        acknowledged: &Acknowledgement,
+        mut meanwhile: impl FnMut(),
     ) -> Option<Result<(), PublishError>> {
         let mut shutdown_seen: Option<Instant> = None;
         loop {
@@ -168,6 +208,7 @@ impl<K: CommandKind> CommandLoop<K> {
                             return None;
                         }
                     }
+                    meanwhile();
                 }
             }
         }

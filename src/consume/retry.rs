@@ -140,7 +140,7 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
-    fn pause(consumer: &CommandConsumer) -> Hold {
+    pub(super) fn pause(consumer: &CommandConsumer) -> Hold {
         let paused = consumer
             .assignment()
             .ok()
@@ -169,16 +169,22 @@ impl Hold {
                 return true;
             }
             retries.heartbeat.beat();
-            if let Some(Ok(record)) = retries.consumer.poll((until - now).min(POLL_SLICE)) {
-                self.rewind
-                    .entry(record.partition())
-                    .and_modify(|first| *first = (*first).min(record.offset()))
-                    .or_insert(record.offset());
-            }
+            self.poll(retries.consumer, (until - now).min(POLL_SLICE));
         }
     }
 
-    fn release(self, consumer: &CommandConsumer, topic: &str) {
+    /// One poll: tells the group the member is alive and runs the rebalance callbacks;
+    /// a record it still hands out is rewound to on release.
+    pub(super) fn poll(&mut self, consumer: &CommandConsumer, timeout: Duration) {
+        if let Some(Ok(record)) = consumer.poll(timeout) {
+            self.rewind
+                .entry(record.partition())
+                .and_modify(|first| *first = (*first).min(record.offset()))
+                .or_insert(record.offset());
+        }
+    }
+
+    pub(super) fn release(self, consumer: &CommandConsumer, topic: &str) {
         if let Some(paused) = &self.paused
             && let Err(error) = consumer.resume(paused)
         {

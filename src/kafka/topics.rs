@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use log::{info, warn};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::Config;
-use crate::kafka::client_config;
+use crate::kafka::{client_config, rights};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Short, so that the reason a cluster cannot be read reaches the log soon; start-up
@@ -127,6 +127,46 @@ pub fn ensure_dead_letter_topic(config: &Config) -> Result<Option<TopicShape>, T
             "no answer about creating topic {topic}"
         ))),
     }
+}
+
+/// Refuses when the brokers say this handler may not write to one of its output topics
+/// (answers, events, dead letters): every batch needing it would stall on its first
+/// record. A broker that does not say, or a topic not there yet, is no reason to refuse.
+pub fn check_write_rights(config: &Config) -> Result<(), TopicError> {
+    let reader: BaseProducer = client_config(config)
+        .create()
+        .map_err(|e| TopicError::Unreachable(format!("cannot create a Kafka client: {e}")))?;
+    let forbidden = forbidden_outputs(reader.client(), config, ADMIN_TIMEOUT);
+    if forbidden.is_empty() {
+        return Ok(());
+    }
+    Err(TopicError::Refused(format!(
+        "this handler may not write to {}: the brokers' ACLs do not grant its principal \
+         WRITE there. Grant it (for example kafka-acls --add --allow-principal User:<the \
+         handler's user> --operation Write --topic <topic>)",
+        forbidden.join(", ")
+    )))
+}
+
+/// The output topics the brokers say this client may not write to.
+pub(crate) fn forbidden_outputs<C: ClientContext>(
+    client: &Client<C>,
+    config: &Config,
+    timeout: Duration,
+) -> Vec<String> {
+    config
+        .topics
+        .outputs()
+        .into_iter()
+        .filter(|topic| match rights::may_write(client, topic, timeout) {
+            Ok(allowed) => allowed == Some(false),
+            Err(why) => {
+                info!("cannot tell whether this handler may write to {topic}: {why}");
+                false
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 /// What the producer sends at most (`message.max.bytes`, librdkafka's default).

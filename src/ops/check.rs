@@ -70,7 +70,17 @@ fn kafka(config: &Config) -> Line {
     let verdict = kafka::client_config(config)
         .create::<BaseProducer>()
         .map_err(|e| e.to_string())
-        .and_then(|client| probe::kafka(client.client(), &topics, TIMEOUT))
+        .and_then(|client| {
+            let detail = probe::kafka(client.client(), &topics, TIMEOUT)?;
+            let forbidden = kafka::topics::forbidden_outputs(client.client(), config, TIMEOUT);
+            match forbidden.as_slice() {
+                [] => Ok(detail),
+                _ => Err(format!(
+                    "{detail}; may not write to {}",
+                    forbidden.join(", ")
+                )),
+            }
+        })
         .map(|detail| {
             if detail.contains("not there yet") {
                 detail

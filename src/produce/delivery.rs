@@ -41,7 +41,7 @@ pub enum PublishError {
 /// Tracks the records of one published batch until every one is acknowledged.
 pub struct BatchDelivery {
     outstanding: AtomicUsize,
-    failures: Mutex<Vec<(usize, KafkaError)>>,
+    failures: Mutex<Vec<(usize, String, KafkaError)>>,
     done: mpsc::SyncSender<Result<(), PublishError>>,
 }
 
@@ -54,40 +54,62 @@ impl BatchDelivery {
         })
     }
 
-    /// Counts the record at `position` in the batch as settled (acknowledged, or failed
-    /// after librdkafka's own retries); the last one reports the batch's outcome.
-    pub fn settle(&self, position: usize, result: Result<(), KafkaError>) {
+    /// Counts the record at `position` in the batch, bound for `topic`, as settled
+    /// (acknowledged, or failed after librdkafka's own retries); the last one reports
+    /// the batch's outcome.
+    pub fn settle(&self, position: usize, topic: &str, result: Result<(), KafkaError>) {
         if let Err(error) = result {
             self.failures
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push((position, error));
+                .push((position, topic.to_string(), error));
         }
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
             let mut failures =
                 std::mem::take(&mut *self.failures.lock().unwrap_or_else(|p| p.into_inner()));
-            failures.sort_by_key(|(position, _)| *position);
-            let outcome = match failures.first() {
-                None => Ok(()),
-                Some((_, error)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
-                    Err(PublishError::Fatal(error.to_string()))
-                }
-                Some((_, error)) => Err(PublishError::Retry {
-                    why: error.to_string(),
-                    unacknowledged: failures.iter().map(|(position, _)| *position).collect(),
-                    too_large: failures
-                        .iter()
-                        .filter(|(_, error)| {
-                            error.rdkafka_error_code()
-                                == Some(RDKafkaErrorCode::MessageSizeTooLarge)
-                        })
-                        .map(|(position, _)| *position)
-                        .collect(),
-                }),
-            };
+            failures.sort_by_key(|(position, _, _)| *position);
             // The batch's owner may have given up waiting (shutdown); nothing to tell then.
-            let _ = self.done.send(outcome);
+            let _ = self.done.send(outcome(&failures));
         }
+    }
+}
+
+/// A batch's outcome from its failed records (in batch order).
+fn outcome(failures: &[(usize, String, KafkaError)]) -> Result<(), PublishError> {
+    let Some((_, _, first)) = failures.first() else {
+        return Ok(());
+    };
+    if let Some(why) = failures
+        .iter()
+        .find_map(|(_, topic, error)| fatal(topic, error))
+    {
+        return Err(PublishError::Fatal(why));
+    }
+    Err(PublishError::Retry {
+        why: first.to_string(),
+        unacknowledged: failures.iter().map(|(position, _, _)| *position).collect(),
+        too_large: failures
+            .iter()
+            .filter(|(_, _, error)| {
+                error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+            })
+            .map(|(position, _, _)| *position)
+            .collect(),
+    })
+}
+
+/// Why no retry gets past this error, if none does: the producer's own fatal state
+/// (fenced, its idempotence broken), or brokers that do not let this handler write to
+/// `topic` (an operator must grant it; until then a restart refuses to start).
+fn fatal(topic: &str, error: &KafkaError) -> Option<String> {
+    match error.rdkafka_error_code()? {
+        RDKafkaErrorCode::Fatal => Some(format!("the producer cannot go on: {error}")),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Some(format!(
+            "Kafka does not let this handler write to {topic} ({error}): grant its principal \
+             WRITE on the topic"
+        )),
+        _ => None,
     }
 }
 
@@ -106,8 +128,13 @@ impl ProducerContext for DeliveryReports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
         let (batch, position) = *record;
+        let topic = match result {
+            Ok(message) => message.topic(),
+            Err((_, message)) => message.topic(),
+        };
         batch.settle(
             position,
+            topic,
             match result {
                 Ok(_) => Ok(()),
                 Err((error, message)) => {
@@ -120,5 +147,58 @@ impl ProducerContext for DeliveryReports {
                 }
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(
+        position: usize,
+        topic: &str,
+        code: RDKafkaErrorCode,
+    ) -> (usize, String, KafkaError) {
+        (
+            position,
+            topic.to_string(),
+            KafkaError::MessageProduction(code),
+        )
+    }
+
+    #[test]
+    fn a_topic_the_handler_may_not_write_to_stops_it_naming_the_topic() {
+        let failures = [
+            refused(1, "answers", RDKafkaErrorCode::RequestTimedOut),
+            refused(
+                2,
+                "dead-letters",
+                RDKafkaErrorCode::TopicAuthorizationFailed,
+            ),
+        ];
+        match outcome(&failures) {
+            Err(PublishError::Fatal(why)) => assert!(why.contains("dead-letters"), "{why}"),
+            other => panic!("not fatal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_failures_are_sent_again_from_the_first() {
+        let failures = [
+            refused(3, "answers", RDKafkaErrorCode::RequestTimedOut),
+            refused(5, "dead-letters", RDKafkaErrorCode::MessageSizeTooLarge),
+        ];
+        match outcome(&failures) {
+            Err(PublishError::Retry {
+                unacknowledged,
+                too_large,
+                ..
+            }) => {
+                assert_eq!(unacknowledged, [3, 5]);
+                assert_eq!(too_large, [5]);
+            }
+            other => panic!("not retried: {other:?}"),
+        }
+        assert!(outcome(&[]).is_ok());
     }
 }

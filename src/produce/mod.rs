@@ -97,7 +97,7 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
                 }
                 Err((error, returned)) => {
                     warn!("could not send to {}: {error}", returned.topic);
-                    batch.settle(position, Err(error));
+                    batch.settle(position, returned.topic, Err(error));
                     break;
                 }
             }

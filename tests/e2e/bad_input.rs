@@ -167,6 +167,58 @@ fn a_dead_letter_too_large_for_its_topic_goes_without_its_value() {
     );
 }
 
+/// One record of a partition refused at once while later ones of the same partition
+/// get through: the handler sends again from the refused one onward, so the partition
+/// may repeat records but never ends them out of order. The refusal: the producer
+/// sends at most 20,000 bytes (`RDKAFKA_PRODUCER_MESSAGE_MAX_BYTES`), which the handler
+/// learns only when librdkafka refuses a 64 KB dead letter; the small dead letters
+/// after it, in the same batch, are sent meanwhile.
+#[test]
+fn a_send_refused_before_later_ones_got_through_keeps_the_partitions_order() {
+    let mut env = TestEnv::with_partitions("reorder", 1);
+    let (cmt, dlq) = (env.topics.cmt.clone(), env.topics.dlq.clone());
+    // All in the topic before the handler starts: its first poll takes them together.
+    let keys: Vec<String> = (0..4).map(|_| Uuid::new_v4().to_string()).collect();
+    env.send_raw(
+        &cmt,
+        Some(keys[0].as_bytes()),
+        Some(&vec![0xab_u8; 64 * 1024]),
+    );
+    for key in &keys[1..] {
+        env.send_raw(&cmt, Some(key.as_bytes()), Some(b"not avro"));
+    }
+    env.flush();
+    env.start_handler(&[("RDKAFKA_PRODUCER_MESSAGE_MAX_BYTES", "20000")]);
+
+    let last = keys[3].clone();
+    env.collect_until("the dead letters, the refused one without its value", |o| {
+        o.iter()
+            .any(|o| o.topic == dlq && o.key_text() == keys[0] && o.value.is_none())
+            && o.iter().any(|o| o.topic == dlq && o.key_text() == last)
+    });
+    env.collect_for(std::time::Duration::from_secs(2));
+    let written: Vec<String> = env.on_topic(&dlq).map(|o| o.key_text()).collect();
+    // Each key's last copy is where the partition ends it: in the records' order.
+    let last_copies: Vec<usize> = keys
+        .iter()
+        .map(|key| {
+            written
+                .iter()
+                .rposition(|k| k == key)
+                .unwrap_or_else(|| panic!("{key} not dead-lettered: {written:?}"))
+        })
+        .collect();
+    assert!(
+        last_copies.is_sorted(),
+        "dead letters out of order: {written:?} for {keys:?}"
+    );
+    // The later ones got through before the refused one was sent again: they repeat.
+    assert!(
+        written.len() > keys.len(),
+        "no dead letter was sent again: {written:?}"
+    );
+}
+
 #[test]
 fn evolved_writer_schemas_still_decode() {
     let mut env = TestEnv::new("evolution");

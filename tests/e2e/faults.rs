@@ -454,3 +454,89 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
     );
     assert_eq!(env.amount(&iban), Some(warm_up.len() as i64 + 16));
 }
+
+/// A broker that stops answering (frozen, its connections open) while a batch's answer
+/// is on its way: the handler waits for the acknowledgement with its consumer kept in
+/// the group, readiness names the waiting partition, and once the broker answers again
+/// the command is answered once and applied once.
+#[test]
+fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+
+    let private = PrivateStack::up("slowack");
+    let mut env = TestEnv::on(private.stack, "slowack", 1);
+    let handler = env.start_handler(&[("HTTP_PORT", "0"), ("HTTP_BIND_ADDRESS", "127.0.0.1")]);
+    let ready = format!(
+        "http://{}/health/ready",
+        env.handler(handler).http_address()
+    );
+    let (iban, _) = env.open_account();
+    http_until(&ready, "ready", |r| r.status == 200);
+    // Both consumers in the group (the second one's join is a rebalance of its own).
+    let (cac, cmt) = (env.topics.cac.clone(), env.topics.cmt.clone());
+    env.handler(handler)
+        .wait_for_log_where("partitions of both topics", |log| {
+            log.contains(&format!("assigned {cac}/")) && log.contains(&format!("assigned {cmt}/"))
+        });
+    let membership_changes =
+        |log: &str| log.matches("assigned ").count() + log.matches("revoked ").count();
+    let changes_before = membership_changes(&env.handler(handler).log());
+
+    // The account's row locked, the handler's transaction waits for it once the command
+    // is read: the broker is frozen then, and the answer sent after it.
+    let mut lock = env.admin_db();
+    lock.batch_execute(&format!(
+        "BEGIN; SELECT 1 FROM balance WHERE iban = '{iban}' FOR UPDATE"
+    ))
+    .unwrap();
+    let command = TransferCmd::new("", 2, "cash", &iban);
+    env.send_transfer(&command);
+    env.flush();
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Count>(&mut env.admin_db())
+    .unwrap()
+    .n == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handler never waited for the locked account"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    private.freeze("kafka");
+    lock.batch_execute("COMMIT").unwrap();
+
+    let waiting = format!("retrying:{}/0", env.topics.cmt);
+    let stalled = http_until(&ready, "readiness naming the waiting partition", |r| {
+        r.status == 503 && r.body.contains(&waiting)
+    });
+    private.thaw("kafka");
+    assert!(
+        stalled.body.contains("waiting for Kafka to acknowledge"),
+        "{}",
+        stalled.body
+    );
+
+    env.await_answer(command.id);
+    http_until(&ready, "ready again", |r| r.status == 200);
+    env.collect_for(Duration::from_secs(2));
+    assert_eq!(env.answers_to(command.id).len(), 1, "answered once");
+    assert_eq!(env.amount(&iban), Some(2));
+    let log = env.handler(handler).log();
+    assert_eq!(
+        membership_changes(&log),
+        changes_before,
+        "the instance's membership changed while it waited:\n{log}"
+    );
+    env.handler(handler).stop_cleanly();
+}

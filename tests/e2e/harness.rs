@@ -64,6 +64,8 @@ pub struct Stack {
     /// signed by `tls.ca` and names localhost), and its password.
     pub db_tls_role: String,
     pub db_tls_password: String,
+    /// Where `dev/stack` keeps this stack's state.
+    pub state_dir: PathBuf,
 }
 
 pub struct SaslStack {
@@ -174,7 +176,29 @@ impl Stack {
             },
             db_tls_role: get("PG_TLS_ROLE"),
             db_tls_password: get("PG_TLS_PASSWORD"),
+            state_dir: path.parent().expect("the env file's folder").to_path_buf(),
         }
+    }
+
+    /// Takes a right on `topic` (`Write`, `Read`, …) away from the SASL user, by a DENY
+    /// ACL (the broker allows what no ACL names); `undeny` gives it back.
+    pub fn deny_sasl_user(&self, operation: &str, topic: &str) {
+        self.kafka_acl("deny", operation, topic);
+    }
+
+    pub fn undeny_sasl_user(&self, operation: &str, topic: &str) {
+        self.kafka_acl("undeny", operation, topic);
+    }
+
+    fn kafka_acl(&self, action: &str, operation: &str, topic: &str) {
+        let principal = format!("User:{}", self.sasl.username);
+        let state = self.state_dir.to_str().unwrap();
+        let output = dev_stack(&["kafka-acl", action, topic, &principal, operation, state]);
+        assert!(
+            output.status.success(),
+            "dev/stack kafka-acl {action} {topic} {operation} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     pub fn registry(&self) -> SrSettings {
@@ -315,7 +339,7 @@ impl PrivateStack {
             &Uuid::new_v4().simple().to_string()[..6]
         ));
         // The same Kafka version as the shared stack.
-        let output = PrivateStack::dev_stack(&["up", dir.to_str().unwrap()]);
+        let output = dev_stack(&["up", dir.to_str().unwrap()]);
         assert!(
             output.status.success(),
             "dev/stack up failed:\n{}",
@@ -325,39 +349,51 @@ impl PrivateStack {
         PrivateStack { dir, stack }
     }
 
-    fn dev_stack(args: &[&str]) -> std::process::Output {
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/stack"))
-            .args(args)
-            .env("KAFKA_VERSION", &Stack::get().kafka_version)
-            .output()
-            .expect("run dev/stack")
-    }
-
     /// Stops a service (kafka, postgres, registry); `start` brings it back on its port.
     pub fn stop(&self, service: &str) {
-        let output =
-            PrivateStack::dev_stack(&["stop-service", service, self.dir.to_str().unwrap()]);
-        assert!(
-            output.status.success(),
-            "stopping {service} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        self.service("stop", service);
     }
 
     pub fn start(&self, service: &str) {
-        let output =
-            PrivateStack::dev_stack(&["start-service", service, self.dir.to_str().unwrap()]);
+        self.service("start", service);
+    }
+
+    /// Stops a service's process (SIGSTOP) without closing its connections: requests
+    /// wait unanswered until `thaw` (kafka, registry).
+    pub fn freeze(&self, service: &str) {
+        self.service("freeze", service);
+    }
+
+    pub fn thaw(&self, service: &str) {
+        self.service("thaw", service);
+    }
+
+    fn service(&self, action: &str, service: &str) {
+        let command = format!("{action}-service");
+        let output = dev_stack(&[&command, service, self.dir.to_str().unwrap()]);
         assert!(
             output.status.success(),
-            "starting {service} failed:\n{}",
+            "dev/stack {command} {service} failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
 }
 
+fn dev_stack(args: &[&str]) -> std::process::Output {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("dev/stack"))
+        .args(args)
+        .env("KAFKA_VERSION", &Stack::get().kafka_version)
+        .output()
+        .expect("run dev/stack")
+}
+
 impl Drop for PrivateStack {
     fn drop(&mut self) {
-        let _ = PrivateStack::dev_stack(&["down", self.dir.to_str().unwrap()]);
+        // A test that failed with a service frozen: a frozen process stops only by SIGKILL.
+        for service in ["kafka", "registry"] {
+            let _ = dev_stack(&["thaw-service", service, self.dir.to_str().unwrap()]);
+        }
+        let _ = dev_stack(&["down", self.dir.to_str().unwrap()]);
     }
 }
 

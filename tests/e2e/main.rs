@@ -5,6 +5,7 @@
 mod harness;
 
 mod accounts;
+mod acls;
 mod bad_input;
 mod concurrency;
 mod database_tls;

@@ -165,7 +165,8 @@ pub struct ConsumerTuning {
     pub fetch_queue_backoff_ms: u32,
     /// `auto.commit.interval.ms`: how often stored offsets are committed.
     pub auto_commit_interval_ms: u32,
-    /// `statistics.interval.ms`: the statistics feed the consumer lag metric.
+    /// `statistics.interval.ms`: the statistics feed the consumer lag metric, so they
+    /// are on only while HTTP serves the metrics.
     pub statistics_interval_ms: u32,
 }
 

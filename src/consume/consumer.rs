@@ -128,7 +128,13 @@ pub fn command_consumer(
         )
         .set(
             "statistics.interval.ms",
-            tuning.statistics_interval_ms.to_string(),
+            // The statistics feed only the lag metric: without HTTP nobody reads it,
+            // and librdkafka then keeps no latency histograms (about 0.5 MiB).
+            match config.http_address {
+                Some(_) => tuning.statistics_interval_ms,
+                None => 0,
+            }
+            .to_string(),
         );
     pass_through(&mut settings, config, ClientScope::Consumers);
     let consumer: CommandConsumer = settings.create_with_context(ConsumerEvents {

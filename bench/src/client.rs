@@ -61,6 +61,24 @@ impl Stack {
             .expect("connect to PostgreSQL as admin")
     }
 
+    /// A new database owned by the handler's role; its URL for that role.
+    pub fn create_database(&self, name: &str) -> String {
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\" OWNER clojure_ch"))
+            .execute(&mut self.admin_db())
+            .unwrap_or_else(|e| panic!("cannot create the database {name}: {e}"));
+        format!(
+            "postgres://clojure_ch:{}@{}:{}/{name}",
+            self.get("DB_PASSWORD"),
+            self.get("DB_HOSTNAME"),
+            self.get("DB_PORT")
+        )
+    }
+
+    pub fn drop_database(&self, name: &str) {
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut self.admin_db());
+    }
+
     pub fn registry(&self) -> SrSettings {
         SrSettings::new(self.get("SCHEMA_REGISTRY_URL").to_string())
     }

@@ -2,10 +2,13 @@
 //! the Schema Registry, as Open Bank's command generator does, and reports what
 //! operators care about, per load step: end-to-end latency (HDR histogram, from the
 //! moment a command was *due* to be sent, so a slow handler cannot hide its latency by
-//! slowing the load down), the rate achieved, and the handler's CPU and memory sampled
-//! from /proc. Then a saturation run (preloaded commands drained as fast as possible)
-//! and a correctness check (one kind of answer per command, balances in PostgreSQL equal
-//! to what the confirmed transfers imply).
+//! slowing the load down), the rate achieved, the CPU of every process of the stack
+//! (handler, broker, PostgreSQL, load generator) and of the machine, also per 1,000
+//! commands, and the handler's memory, sampled from /proc. Then a saturation run
+//! (preloaded commands drained as fast as possible) and a correctness check (one kind of
+//! answer per command, balances in PostgreSQL equal to what the confirmed transfers
+//! imply). Before the variants, the floor: a Kafka round trip and a PostgreSQL
+//! transaction on the same stack, of which latencies are also given as multiples.
 //!
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick]
 //!                   [--baseline PATH] [--variants NAME,NAME...]
@@ -15,6 +18,11 @@
 //!   open-bank-bench --replot DIR    rewrite report.md and the plots from DIR/report.json
 
 mod client;
+mod comparison;
+mod cpu;
+mod floor;
+mod markdown;
+mod mix;
 mod procstat;
 mod report;
 mod workload;
@@ -22,6 +30,7 @@ mod workload;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use markdown::shown;
 use report::{Report, VariantResult};
 
 /// A configuration of the handler measured side by side with the others.
@@ -169,6 +178,14 @@ fn main() {
     let stack = client::Stack::read(&args.stack_env);
     std::fs::create_dir_all(&args.out).expect("create the output folder");
     let mut report = Report::new(&stack, args.step_seconds);
+    eprintln!("== floor: Kafka round trip and PostgreSQL transaction");
+    let floor = floor::Floor::measure(&stack);
+    eprintln!(
+        "   per command: p50 {} ms, p99 {} ms",
+        shown(floor.per_command_p50_ms, 2),
+        shown(floor.per_command_p99_ms, 2)
+    );
+    report.floor = Some(floor);
     let chosen = variants(args.quick, args.baseline.as_ref())
         .into_iter()
         .filter(|v| args.only.is_empty() || args.only.iter().any(|name| name == v.name));
@@ -186,19 +203,21 @@ fn run_variant(stack: &client::Stack, args: &Args, variant: &Variant) -> Variant
     let mut bench = workload::Bench::setup(stack, binary, &args.out, variant);
     let mut result = VariantResult::new(variant);
     bench.open_accounts(200);
-    result.idle = bench.idle(Duration::from_secs(5));
+    let idle = bench.idle(Duration::from_secs(5));
+    (result.idle, result.idle_cpu) = (idle.usage, idle.cpu);
     result.idle_memory = bench.memory_breakdown();
     eprintln!("   idle: rss {:.1} MiB", result.idle.rss_mib_avg);
     for &rate in &variant.steps {
         let step = bench.step(rate, Duration::from_secs(args.step_seconds));
         eprintln!(
-            "   {rate:>6}/s: achieved {:>7.0}/s p50 {:.1} ms p99 {:.1} ms max {:.1} ms cpu {:.0}% rss {:.1} MiB",
+            "   {rate:>6}/s: achieved {:>7.0}/s p50 {:.1} ms p99 {:.1} ms max {:.1} ms cpu {:.0}% rss {:.1} MiB, stack {} CPU-ms/1000",
             step.achieved_per_second,
             step.p50_ms,
             step.p99_ms,
             step.max_ms,
             step.cpu_percent_avg,
-            step.rss_mib_peak
+            step.rss_mib_peak,
+            shown(step.cpu_ms_per_1000.stack, 0)
         );
         let broken = step.broken();
         result.steps.push(step);

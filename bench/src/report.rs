@@ -1,7 +1,8 @@
-//! The figures, written as JSON (every number), Markdown (tables, goals, ratios) and
-//! SVG plots (latency, CPU and memory against load).
+//! The figures, written as JSON (every number), Markdown (tables, goals, ratios; see
+//! `markdown` and `comparison`) and SVG plots (latency, CPU and memory against load).
+//! Figures added since reports were first written are `#[serde(default)]`, so that older
+//! report.json files still load.
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -9,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Variant;
 use crate::client::Stack;
+use crate::cpu::{CpuPerThousand, CpuPercent};
+use crate::floor::Floor;
 use crate::procstat::{MemoryBreakdown, Usage};
 
 /// A plotted line: label, variant index, series index, points (load, value).
@@ -29,6 +32,11 @@ pub struct Step {
     pub cpu_percent_peak: f64,
     pub rss_mib_avg: f64,
     pub rss_mib_peak: f64,
+    /// Every process of the stack; `cpu_percent_*` above are the handler's.
+    #[serde(default)]
+    pub cpu: CpuPercent,
+    #[serde(default)]
+    pub cpu_ms_per_1000: CpuPerThousand,
 }
 
 impl Step {
@@ -46,6 +54,10 @@ pub struct Saturation {
     pub commands_per_second: f64,
     pub cpu_percent_avg: f64,
     pub rss_mib_peak: f64,
+    #[serde(default)]
+    pub cpu: CpuPercent,
+    #[serde(default)]
+    pub cpu_ms_per_1000: CpuPerThousand,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -87,6 +99,9 @@ pub struct VariantResult {
     pub name: String,
     pub description: String,
     pub idle: Usage,
+    /// Every process of the stack while the handler idles.
+    #[serde(default)]
+    pub idle_cpu: CpuPercent,
     pub idle_memory: MemoryBreakdown,
     pub steps: Vec<Step>,
     pub saturation: Option<Saturation>,
@@ -99,6 +114,7 @@ impl VariantResult {
             name: variant.name.to_string(),
             description: variant.description.to_string(),
             idle: Usage::default(),
+            idle_cpu: CpuPercent::default(),
             idle_memory: MemoryBreakdown::default(),
             steps: Vec::new(),
             saturation: None,
@@ -106,7 +122,7 @@ impl VariantResult {
         }
     }
 
-    fn at(&self, rate: u32) -> Option<&Step> {
+    pub fn at(&self, rate: u32) -> Option<&Step> {
         self.steps.iter().find(|s| s.target_per_second == rate)
     }
 }
@@ -125,6 +141,9 @@ pub struct Machine {
 #[derive(Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
+    /// Measured once at the start of the run; `None` in reports from before it was.
+    #[serde(default)]
+    pub floor: Option<Floor>,
     pub variants: Vec<VariantResult>,
 }
 
@@ -164,6 +183,7 @@ impl Report {
                 step_seconds,
                 date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             },
+            floor: None,
             variants: Vec::new(),
         }
     }
@@ -199,283 +219,6 @@ impl Report {
             |s| vec![("rss peak", s.rss_mib_peak)],
         )?;
         Ok(())
-    }
-
-    fn markdown(&self) -> String {
-        let m = &self.machine;
-        let mut md = String::new();
-        let _ = writeln!(md, "# Command handler benchmark\n");
-        let _ = writeln!(
-            md,
-            "Machine: {} ({} cores, {:.0} GiB), Apache Kafka {}, {}, with Kafka, PostgreSQL, the registry \
-             stand-in and the load generator on the same machine. {} s per load step. {}.\n",
-            m.cpu, m.cores, m.memory_gib, m.kafka_version, m.postgres, m.step_seconds, m.date
-        );
-        let _ = writeln!(
-            md,
-            "Plots: [latency](latency.svg), [CPU](cpu.svg), [memory](memory.svg); every figure in [report.json](report.json).\n"
-        );
-        for v in &self.variants {
-            let _ = writeln!(md, "## {}: {}\n", v.name, v.description);
-            let _ = writeln!(
-                md,
-                "Idle: RSS {:.1} MiB, CPU {:.1}%.\n",
-                v.idle.rss_mib_avg, v.idle.cpu_percent_avg
-            );
-            let _ = writeln!(
-                md,
-                "| load /s | achieved /s | answered | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | CPU % avg | CPU % peak | RSS MiB avg | RSS MiB peak |"
-            );
-            let _ = writeln!(
-                md,
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-            );
-            for s in &v.steps {
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.0} | {}/{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
-                    s.target_per_second,
-                    s.achieved_per_second,
-                    s.answered,
-                    s.commands,
-                    s.p50_ms,
-                    s.p90_ms,
-                    s.p99_ms,
-                    s.p999_ms,
-                    s.max_ms,
-                    s.cpu_percent_avg,
-                    s.cpu_percent_peak,
-                    s.rss_mib_avg,
-                    s.rss_mib_peak
-                );
-            }
-            if let Some(sat) = &v.saturation {
-                let _ = writeln!(
-                    md,
-                    "\nSaturation: {} preloaded transfers drained at **{:.0} commands/s** ({}/{} answered, {:.1} s from start, CPU {:.0}%, RSS peak {:.1} MiB).",
-                    sat.commands,
-                    sat.commands_per_second,
-                    sat.answered,
-                    sat.commands,
-                    sat.seconds_from_start,
-                    sat.cpu_percent_avg,
-                    sat.rss_mib_peak
-                );
-            }
-            let _ = writeln!(md, "\nCorrectness: {}\n", v.correctness.summary());
-        }
-        if let Some(default) = self.variants.first() {
-            let m = &default.idle_memory;
-            let _ = writeln!(
-                md,
-                "## Where the idle memory goes ({})\n\nRSS {:.1} MiB, of which {:.1} MiB private (anonymous); the rest \
-                 is pages of the binary and shared libraries, shared with every process that maps them.\n\n| mapping | RSS kB |\n|---|---:|",
-                default.name,
-                m.rss_kib as f64 / 1024.0,
-                m.anonymous_kib as f64 / 1024.0
-            );
-            for (name, kib) in &m.mappings {
-                let _ = writeln!(md, "| `{name}` | {kib} |");
-            }
-            md.push('\n');
-        }
-        md.push_str(&self.against_baseline());
-        md.push_str(&self.goals());
-        md.push_str(&self.ratios());
-        md
-    }
-
-    fn goals(&self) -> String {
-        let mut md = String::from("## Goals\n\n| goal | measured | verdict |\n|---|---|---|\n");
-        let Some(default) = self.variants.iter().find(|v| v.name == "default") else {
-            return md;
-        };
-        let mut row = |goal: &str, measured: String, met: bool, miss: String| {
-            let verdict = if met {
-                "met".to_string()
-            } else {
-                format!("missed: {miss}")
-            };
-            let _ = writeln!(md, "| {goal} | {measured} | {verdict} |");
-        };
-        if let Some(s) = default.at(1000) {
-            row(
-                "p99 under 25 ms at 1000 commands/s",
-                format!("{:.1} ms", s.p99_ms),
-                s.p99_ms < 25.0,
-                format!("{:.1}× the goal", s.p99_ms / 25.0),
-            );
-        }
-        let peak = default
-            .steps
-            .iter()
-            .map(|s| s.rss_mib_peak)
-            .fold(0.0, f64::max);
-        let kept_up = default
-            .steps
-            .iter()
-            .filter(|s| !s.broken())
-            .map(|s| s.rss_mib_peak)
-            .fold(0.0, f64::max);
-        row(
-            "RSS under 16 MiB at every step",
-            format!("{peak:.1} MiB peak; {kept_up:.1} MiB over the steps it kept up with"),
-            peak < 16.0,
-            format!(
-                "by {:.1} MiB ({:.1} MiB where it kept up)",
-                peak - 16.0,
-                kept_up - 16.0
-            ),
-        );
-        row(
-            "RSS under 8 MiB idle",
-            format!("{:.1} MiB", default.idle.rss_mib_avg),
-            default.idle.rss_mib_avg < 8.0,
-            format!("by {:.1} MiB", default.idle.rss_mib_avg - 8.0),
-        );
-        if let Some(sat) = &default.saturation {
-            row(
-                "saturation above 5000 transfers/s",
-                format!("{:.0}/s", sat.commands_per_second),
-                sat.commands_per_second > 5000.0,
-                format!(
-                    "{:.0}% of the goal",
-                    100.0 * sat.commands_per_second / 5000.0
-                ),
-            );
-        }
-        md.push('\n');
-        md
-    }
-
-    /// This build's figures as ratios of the baseline's (`--baseline`), same run.
-    fn against_baseline(&self) -> String {
-        let find = |name: &str| self.variants.iter().find(|v| v.name == name);
-        let (Some(new), Some(old)) = (find("default"), find("baseline")) else {
-            return String::new();
-        };
-        let mut md = String::from(
-            "## This build ÷ the baseline (same run; below 1 is better, except rates)\n\n\
-             | figure | this build | baseline | ratio |\n|---|---:|---:|---:|\n",
-        );
-        let mut row = |figure: String, new: f64, old: f64, unit: &str| {
-            let _ = writeln!(
-                md,
-                "| {figure} | {new:.1} {unit} | {old:.1} {unit} | {:.2} |",
-                new / old
-            );
-        };
-        row(
-            "idle RSS".into(),
-            new.idle.rss_mib_avg,
-            old.idle.rss_mib_avg,
-            "MiB",
-        );
-        for n in &new.steps {
-            let Some(o) = old.at(n.target_per_second) else {
-                continue;
-            };
-            let rate = n.target_per_second;
-            row(format!("p50 at {rate}/s"), n.p50_ms, o.p50_ms, "ms");
-            row(format!("p99 at {rate}/s"), n.p99_ms, o.p99_ms, "ms");
-            row(
-                format!("CPU at {rate}/s"),
-                n.cpu_percent_avg,
-                o.cpu_percent_avg,
-                "%",
-            );
-            row(
-                format!("RSS peak at {rate}/s"),
-                n.rss_mib_peak,
-                o.rss_mib_peak,
-                "MiB",
-            );
-        }
-        if let (Some(n), Some(o)) = (&new.saturation, &old.saturation) {
-            row(
-                "drain rate".into(),
-                n.commands_per_second,
-                o.commands_per_second,
-                "/s",
-            );
-        }
-        md.push('\n');
-        md
-    }
-
-    fn ratios(&self) -> String {
-        let mut md = String::from("## Side by side (ratios, same run)\n\n");
-        let find = |name: &str| self.variants.iter().find(|v| v.name == name);
-        let (Some(default), linger, single) = (
-            find("default"),
-            find("linger-100"),
-            find("one-per-transaction"),
-        ) else {
-            return md;
-        };
-        for (other, label) in [(find("linger-5"), "linger 5 ms"), (linger, "linger 100 ms")] {
-            for rate in [100, 1000] {
-                if let (Some(d), Some(l)) = (default.at(rate), other.and_then(|l| l.at(rate))) {
-                    let _ = writeln!(
-                        md,
-                        "- p99 at {rate}/s, {label} ÷ linger 0 ms: {:.1}× ({:.1} ms vs {:.1} ms)",
-                        l.p99_ms / d.p99_ms,
-                        l.p99_ms,
-                        d.p99_ms
-                    );
-                }
-            }
-        }
-        if let (Some(d), Some(s)) = (default.at(1000), single.and_then(|s| s.at(1000))) {
-            let _ = writeln!(
-                md,
-                "- CPU at 1000/s, one command per transaction ÷ batched: {:.2}× ({:.0}% vs {:.0}%)",
-                s.cpu_percent_avg / d.cpu_percent_avg,
-                s.cpu_percent_avg,
-                d.cpu_percent_avg
-            );
-            let _ = writeln!(
-                md,
-                "- p99 at 1000/s, one command per transaction ÷ batched: {:.1}× ({:.1} ms vs {:.1} ms)",
-                s.p99_ms / d.p99_ms,
-                s.p99_ms,
-                d.p99_ms
-            );
-        }
-        if let Some(http) = find("http-on") {
-            let _ = writeln!(
-                md,
-                "- idle RSS, health and metrics served ÷ not: {:.2}× ({:.1} MiB vs {:.1} MiB)",
-                http.idle.rss_mib_avg / default.idle.rss_mib_avg,
-                http.idle.rss_mib_avg,
-                default.idle.rss_mib_avg
-            );
-            if let (Some(d), Some(h)) = (default.at(1000), http.at(1000)) {
-                let _ = writeln!(
-                    md,
-                    "- at 1000/s, health and metrics served ÷ not: CPU {:.2}× ({:.0}% vs {:.0}%), p99 {:.2}× ({:.1} ms vs {:.1} ms)",
-                    h.cpu_percent_avg / d.cpu_percent_avg,
-                    h.cpu_percent_avg,
-                    d.cpu_percent_avg,
-                    h.p99_ms / d.p99_ms,
-                    h.p99_ms,
-                    d.p99_ms
-                );
-            }
-        }
-        if let (Some(d), Some(s)) = (
-            &default.saturation,
-            single.and_then(|s| s.saturation.as_ref()),
-        ) {
-            let _ = writeln!(
-                md,
-                "- saturation, batched ÷ one command per transaction: {:.1}× ({:.0}/s vs {:.0}/s)",
-                d.commands_per_second / s.commands_per_second,
-                d.commands_per_second,
-                s.commands_per_second
-            );
-        }
-        md
     }
 
     /// One line per variant and series, x = load (log scale).

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use hdrhistogram::Histogram;
-use open_bank_command_handler::domain::Iban;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use uuid::Uuid;
 
 use crate::Variant;
 use crate::client::{Answer, AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
-use crate::procstat::{MemoryBreakdown, Sampler, Usage, memory_breakdown};
+use crate::cpu::Processes;
+use crate::mix::{self, BANK};
+use crate::procstat::{MemoryBreakdown, Sampler, Window, memory_breakdown};
 use crate::report::{Correctness, Saturation, Step};
 
-const BANK: (&str, &str) = ("NL66OPEN0000000000", "00000000000000000000");
 const PARTITIONS: i32 = 9;
 
 pub struct Bench<'a> {
@@ -60,9 +60,7 @@ impl<'a> Bench<'a> {
             .to_vec();
         stack.create_topics(&topics, PARTITIONS);
         let database = format!("b_{name}");
-        diesel::sql_query(format!("CREATE DATABASE \"{database}\" OWNER clojure_ch"))
-            .execute(&mut stack.admin_db())
-            .expect("create the benchmark database");
+        let database_url = stack.create_database(&database);
         let mut handler_env: Vec<(String, String)> = vec![
             ("KAFKA_BROKERS", stack.get("KAFKA_BROKERS").to_string()),
             (
@@ -72,15 +70,7 @@ impl<'a> Bench<'a> {
             ("DB_HOSTNAME", stack.get("DB_HOSTNAME").to_string()),
             ("DB_PORT", stack.get("DB_PORT").to_string()),
             ("DB_PASSWORD", stack.get("DB_PASSWORD").to_string()),
-            (
-                "DATABASE_URL",
-                format!(
-                    "postgres://clojure_ch:{}@{}:{}/{database}",
-                    stack.get("DB_PASSWORD"),
-                    stack.get("DB_HOSTNAME"),
-                    stack.get("DB_PORT")
-                ),
-            ),
+            ("DATABASE_URL", database_url),
             ("KAFKA_CAC_TOPIC", topics[0].clone()),
             ("KAFKA_ACF_TOPIC", topics[1].clone()),
             ("KAFKA_CMT_TOPIC", topics[2].clone()),
@@ -125,7 +115,7 @@ impl<'a> Bench<'a> {
     fn start_handler(&mut self) {
         let log = self.out.join(format!("{}.handler.log", self.name));
         let handler = HandlerProcess::start(self.binary, &self.handler_env, log);
-        self.sampler = Some(Sampler::start(handler.pid()));
+        self.sampler = Some(Sampler::start(Processes::of(self.stack, handler.pid())));
         self.handler = Some(handler);
     }
 
@@ -200,77 +190,17 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// The handler's usage while idle, after the accounts are open.
-    pub fn idle(&mut self, span: Duration) -> Usage {
+    /// The handler's usage and the stack's CPU while idle, after the accounts are open.
+    pub fn idle(&mut self, span: Duration) -> Window {
+        self.sampler().sample_now();
         let start = Instant::now();
         std::thread::sleep(span);
-        self.sampler().usage(start, Instant::now())
+        self.sampler().sample_now();
+        self.sampler().window(start, Instant::now())
     }
 
     pub fn memory_breakdown(&self) -> MemoryBreakdown {
         memory_breakdown(self.handler.as_ref().expect("the handler runs").pid())
-    }
-
-    /// The next command of the mix: salaries, cash in and out, shop payments,
-    /// transfers between accounts, and a few that must fail.
-    fn next_transfer(&mut self) -> Transfer {
-        let n = self.accounts.len();
-        let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n - 1));
-        let b = if b >= a { b + 1 } else { b };
-        let (account, token) = self.accounts[a].clone();
-        let other = self.accounts[b].0.clone();
-        let roll = self.rng.random_range(0..100);
-        let id = Uuid::new_v4();
-        let transfer = |token: &str, amount: i64, from: &str, to: &str, description| Transfer {
-            id,
-            token: token.to_string(),
-            amount,
-            from: from.to_string(),
-            to: to.to_string(),
-            description,
-        };
-        let shop =
-            Iban::from_account_number(9_000_000_000 + self.rng.random_range(0..50u64)).to_string();
-        match roll {
-            0..=24 => transfer(
-                BANK.1,
-                self.rng.random_range(100_000..300_000),
-                BANK.0,
-                &account,
-                "salary",
-            ),
-            25..=39 => transfer(
-                "",
-                self.rng.random_range(1_000..20_000),
-                "cash",
-                &account,
-                "deposit",
-            ),
-            40..=54 => transfer(
-                &token,
-                self.rng.random_range(1_000..10_000),
-                &account,
-                "cash",
-                "withdrawal",
-            ),
-            55..=74 => transfer(
-                &token,
-                self.rng.random_range(100..5_000),
-                &account,
-                &shop,
-                "shop",
-            ),
-            75..=94 => transfer(
-                &token,
-                self.rng.random_range(100..10_000),
-                &account,
-                &other,
-                "transfer",
-            ),
-            95..=96 => transfer("99999999999999999999", 100, &account, &other, "wrong token"),
-            97..=98 => transfer(&token, 1_000_000_000, &account, &other, "too much"),
-            _ => transfer(&token, 100, &account, &account, "to self"),
-        }
     }
 
     /// Sends `rate` commands a second for `span`, each at the moment it is due whatever
@@ -279,13 +209,14 @@ impl<'a> Bench<'a> {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         let total = (rate as f64 * span.as_secs_f64()) as usize;
         let mut ids = Vec::with_capacity(total);
+        self.sampler().sample_now();
         let start = Instant::now();
         let mut sent = 0usize;
         while sent < total {
             let due_now = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(total);
             while sent < due_now {
                 let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
-                let transfer = self.next_transfer();
+                let transfer = mix::next_transfer(&mut self.rng, &self.accounts);
                 self.writer.transfer(&transfer);
                 ids.push(transfer.id);
                 self.sent.insert(transfer.id, (transfer, due));
@@ -296,6 +227,7 @@ impl<'a> Bench<'a> {
         }
         let sending_ended = Instant::now();
         self.wait_for_answers(&ids, Duration::from_secs(30), Some(&mut histogram));
+        self.sampler().sample_now();
         let last_answer = ids
             .iter()
             .filter_map(|id| {
@@ -310,7 +242,8 @@ impl<'a> Bench<'a> {
             .iter()
             .filter(|id| self.received.contains_key(id))
             .count();
-        let usage = self.sampler().usage(start, last_answer.max(sending_ended));
+        let window = self.sampler().window(start, last_answer.max(sending_ended));
+        let usage = window.usage;
         let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
         Step {
             target_per_second: rate,
@@ -330,6 +263,8 @@ impl<'a> Bench<'a> {
             cpu_percent_peak: usage.cpu_percent_peak,
             rss_mib_avg: usage.rss_mib_avg,
             rss_mib_peak: usage.rss_mib_peak,
+            cpu: window.cpu,
+            cpu_ms_per_1000: window.per_thousand(answered),
         }
     }
 
@@ -340,7 +275,7 @@ impl<'a> Bench<'a> {
         let mut ids = Vec::with_capacity(count);
         let preload = Instant::now();
         for _ in 0..count {
-            let transfer = self.next_transfer();
+            let transfer = mix::next_transfer(&mut self.rng, &self.accounts);
             self.writer.transfer(&transfer);
             ids.push(transfer.id);
             self.sent.insert(transfer.id, (transfer, preload));
@@ -348,7 +283,13 @@ impl<'a> Bench<'a> {
         self.writer.flush();
         let started = Instant::now();
         self.start_handler();
+        // Samples as the first answer comes and after the last: the drain's edges.
+        while self.take_answers(None, Duration::from_millis(2)) == 0
+            && started.elapsed() < Duration::from_secs(600)
+        {}
+        self.sampler().sample_now();
         self.wait_for_answers(&ids, Duration::from_secs(600), None);
+        self.sampler().sample_now();
         let times: Vec<Instant> = ids
             .iter()
             .filter_map(|id| {
@@ -362,15 +303,17 @@ impl<'a> Bench<'a> {
             times.iter().min().copied().unwrap_or(started),
             times.iter().max().copied().unwrap_or(started),
         );
-        let usage = self.sampler().usage(first, last);
+        let window = self.sampler().window(first, last);
         Saturation {
             commands: count,
             answered: times.len(),
             seconds_from_start: last.duration_since(started).as_secs_f64(),
             commands_per_second: times.len() as f64
                 / last.duration_since(first).as_secs_f64().max(0.001),
-            cpu_percent_avg: usage.cpu_percent_avg,
-            rss_mib_peak: usage.rss_mib_peak,
+            cpu_percent_avg: window.usage.cpu_percent_avg,
+            rss_mib_peak: window.usage.rss_mib_peak,
+            cpu: window.cpu,
+            cpu_ms_per_1000: window.per_thousand(times.len()),
         }
     }
 
@@ -453,11 +396,7 @@ impl<'a> Bench<'a> {
 
     pub fn teardown(mut self) {
         self.stop_handler();
-        let _ = diesel::sql_query(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        ))
-        .execute(&mut self.stack.admin_db());
+        self.stack.drop_database(&self.database);
         self.stack.delete_topics(&self.topics);
     }
 }

@@ -190,7 +190,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = dependencies.clients.set(clients);
     }
     info!("running");
-    release_start_up_memory();
 
     let mut failure = None;
     for (name, handle) in consumer_threads {
@@ -274,18 +273,6 @@ pub fn cap_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
-    }
-}
-
-/// Gives the heap that start-up used and freed back to the system (glibc keeps freed
-/// memory for reuse): parsing the system's CA bundle for the registry's HTTP client,
-/// the migrations, the schemas. About 1 MiB of the idle handler's anonymous memory
-/// (see the README's benchmark).
-fn release_start_up_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the system; thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -28,18 +28,26 @@ impl Processes {
     }
 }
 
-/// CPU seconds used so far (user + system) by each, at one moment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Counters {
+/// One figure for each process of the stack and for the whole machine.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PerProcess {
     pub handler: Option<f64>,
     pub broker: Option<f64>,
     pub postgres: Option<f64>,
     pub load_generator: Option<f64>,
-    /// Busy time of all cores together: everything but idle and I/O wait.
+    /// For counters, the busy time of all cores together: everything but idle and I/O
+    /// wait.
     pub machine: Option<f64>,
 }
 
-impl Counters {
+/// CPU seconds used so far (user + system) by each, at one moment.
+pub type Counters = PerProcess;
+
+/// Average CPU over a window, in % of one core: 100 is one core busy, and for the
+/// machine 200 is both cores of a two-core machine busy.
+pub type CpuPercent = PerProcess;
+
+impl PerProcess {
     pub fn read(processes: &Processes, ticks_per_second: f64) -> Counters {
         let seconds = |ticks: Option<u64>| ticks.map(|t| t as f64 / ticks_per_second);
         let own = |pid: u32| seconds(stat(pid).map(|s| s.own_ticks));
@@ -57,9 +65,9 @@ impl Counters {
         self.combine(later, |a, b| a + (b - a) * fraction)
     }
 
-    fn combine(&self, other: &Counters, f: impl Fn(f64, f64) -> f64) -> Counters {
+    fn combine(&self, other: &PerProcess, f: impl Fn(f64, f64) -> f64) -> PerProcess {
         let both = |a: Option<f64>, b: Option<f64>| Some(f(a?, b?));
-        Counters {
+        PerProcess {
             handler: both(self.handler, other.handler),
             broker: both(self.broker, other.broker),
             postgres: both(self.postgres, other.postgres),
@@ -67,32 +75,13 @@ impl Counters {
             machine: both(self.machine, other.machine),
         }
     }
-}
 
-/// Average CPU over a window, in % of one core: 100 is one core busy, and for the
-/// machine 200 is both cores of a two-core machine busy.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct CpuPercent {
-    pub handler: Option<f64>,
-    pub broker: Option<f64>,
-    pub postgres: Option<f64>,
-    pub load_generator: Option<f64>,
-    pub machine: Option<f64>,
-}
-
-impl CpuPercent {
+    /// The CPU used between two readings of the counters, `seconds` apart.
     pub fn between(start: &Counters, end: &Counters, seconds: f64) -> CpuPercent {
         if seconds <= 0.0 {
             return CpuPercent::default();
         }
-        let used = end.combine(start, |e, s| 100.0 * (e - s).max(0.0) / seconds);
-        CpuPercent {
-            handler: used.handler,
-            broker: used.broker,
-            postgres: used.postgres,
-            load_generator: used.load_generator,
-            machine: used.machine,
-        }
+        end.combine(start, |e, s| 100.0 * (e - s).max(0.0) / seconds)
     }
 
     /// What serves the commands: handler, broker and PostgreSQL together.

@@ -56,7 +56,6 @@ impl Topics {
         }
     }
 
-    /// Every topic the handler reads or writes.
     /// The topics the handler writes to: the answers, the events and the dead letters.
     pub fn outputs(&self) -> [&String; 4] {
         [
@@ -67,6 +66,7 @@ impl Topics {
         ]
     }
 
+    /// Every topic the handler reads or writes.
     pub fn all(&self) -> [&String; 6] {
         [
             &self.account_creation_commands,

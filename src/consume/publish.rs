@@ -157,26 +157,19 @@ impl<K: CommandKind> CommandLoop<K> {
         batch: &Batch<'_>,
         acknowledged: &Acknowledgement,
     ) -> Option<Result<(), PublishError>> {
+        let retries = self.retries(batch);
         let waiting_since = Instant::now();
         let mut hold: Option<Hold> = None;
         let outcome = self.await_acknowledgement(acknowledged, || {
             if hold.is_none() && waiting_since.elapsed() >= HOLD_AFTER {
-                hold = Some(Hold::pause(&self.consumer));
-                self.metrics.stalls.retrying(
-                    self.topic(),
-                    &batch.partitions(),
-                    "waiting for Kafka to acknowledge the answers",
-                );
+                hold = Some(retries.hold("waiting for Kafka to acknowledge the answers"));
             }
             if let Some(hold) = &mut hold {
                 hold.poll(&self.consumer, Duration::ZERO);
             }
         });
         if let Some(hold) = hold {
-            hold.release(&self.consumer, self.topic());
-            self.metrics
-                .stalls
-                .resolved(self.topic(), &batch.partitions());
+            retries.release(hold);
         }
         outcome
     }

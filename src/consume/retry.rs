@@ -82,12 +82,26 @@ impl Retries<'_> {
         let outcome = self.attempts(what, attempt, &mut hold);
         // A hold exists once an attempt failed: the stall it reported is over too.
         if let Some(hold) = hold {
-            hold.release(self.consumer, self.topic);
-            self.metrics
-                .stalls
-                .resolved(self.topic, &self.batch.partitions());
+            self.release(hold);
         }
         outcome
+    }
+
+    /// Keeps the consumer in its group while the batch waits ([`Hold`]), and reports
+    /// the batch's partitions stalled for `why`.
+    pub fn hold(&self, why: &str) -> Hold {
+        self.metrics
+            .stalls
+            .retrying(self.topic, &self.batch.partitions(), why);
+        Hold::pause(self.consumer)
+    }
+
+    /// Ends a [`Retries::hold`]: the partitions resume and are no longer stalled.
+    pub fn release(&self, hold: Hold) {
+        hold.release(self.consumer, self.topic);
+        self.metrics
+            .stalls
+            .resolved(self.topic, &self.batch.partitions());
     }
 
     fn attempts<T, E: fmt::Display>(
@@ -105,9 +119,7 @@ impl Retries<'_> {
                 Err(Attempt::Transient(error)) => error,
             };
             self.metrics.batch_retried(self.topic);
-            self.metrics
-                .stalls
-                .retrying(self.topic, &self.batch.partitions(), &error.to_string());
+            let why = error.to_string();
             let delay = backoff.next_delay();
             let attempts = backoff.attempts();
             let level = if attempts < 5 {
@@ -120,7 +132,16 @@ impl Retries<'_> {
                 "{} failed (attempt {attempts}), retrying in {delay:?}: {error}",
                 what()
             );
-            let hold = hold.get_or_insert_with(|| Hold::pause(self.consumer));
+            let hold = match hold {
+                Some(hold) => {
+                    // The latest failure is the one readiness shows.
+                    self.metrics
+                        .stalls
+                        .retrying(self.topic, &self.batch.partitions(), &why);
+                    hold
+                }
+                None => hold.insert(self.hold(&why)),
+            };
             if !hold.wait(delay, self) {
                 return Err(Interrupted::Shutdown);
             }
@@ -140,7 +161,7 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
-    pub(super) fn pause(consumer: &CommandConsumer) -> Hold {
+    fn pause(consumer: &CommandConsumer) -> Hold {
         let paused = consumer
             .assignment()
             .ok()
@@ -184,7 +205,7 @@ impl Hold {
         }
     }
 
-    pub(super) fn release(self, consumer: &CommandConsumer, topic: &str) {
+    fn release(self, consumer: &CommandConsumer, topic: &str) {
         if let Some(paused) = &self.paused
             && let Err(error) = consumer.resume(paused)
         {

@@ -128,25 +128,18 @@ impl ProducerContext for DeliveryReports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, record: Self::DeliveryOpaque) {
         let (batch, position) = *record;
-        let topic = match result {
-            Ok(message) => message.topic(),
-            Err((_, message)) => message.topic(),
+        let (topic, outcome) = match result {
+            Ok(message) => (message.topic(), Ok(())),
+            Err((error, message)) => {
+                warn!(
+                    "could not deliver to {}/{}: {error}",
+                    message.topic(),
+                    message.partition()
+                );
+                (message.topic(), Err(error.clone()))
+            }
         };
-        batch.settle(
-            position,
-            topic,
-            match result {
-                Ok(_) => Ok(()),
-                Err((error, message)) => {
-                    warn!(
-                        "could not deliver to {}/{}: {error}",
-                        message.topic(),
-                        message.partition()
-                    );
-                    Err(error.clone())
-                }
-            },
-        );
+        batch.settle(position, topic, outcome);
     }
 }
 

@@ -6,13 +6,7 @@ use crate::harness::*;
 
 /// The handler and `check` over the SASL_SSL listener, as the stack's SASL user.
 fn over_sasl(stack: &Stack) -> [(&'static str, &str); 5] {
-    [
-        ("KAFKA_BROKERS", stack.sasl.brokers.as_str()),
-        ("KAFKA_SSL_CA_LOCATION", stack.tls.ca.as_str()),
-        ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
-        ("KAFKA_SASL_USERNAME", stack.sasl.username.as_str()),
-        ("KAFKA_SASL_PASSWORD", stack.sasl.password.as_str()),
-    ]
+    stack.sasl_env("SCRAM-SHA-256")
 }
 
 /// A dead-letter topic the handler may not write to would stall the first poison

@@ -34,18 +34,14 @@ fn the_handler_works_over_tls_with_the_servers_certificate_checked() {
     assert_eq!(env.amount(&iban), Some(12));
 
     // Its connections are encrypted (and the role could not have connected otherwise).
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let encrypted = diesel::sql_query(format!(
-        "SELECT count(*) AS n FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
-         WHERE usename = '{role}' AND ssl"
-    ))
-    .get_result::<Count>(&mut env.stack.admin_connection())
-    .unwrap();
-    assert!(encrypted.n > 0, "no TLS connection of {role}");
+    let encrypted = count(
+        &mut env.stack.admin_connection(),
+        &format!(
+            "SELECT count(*) AS n FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE usename = '{role}' AND ssl"
+        ),
+    );
+    assert!(encrypted > 0, "no TLS connection of {role}");
     let log = env.handler(handler).log();
     assert!(!log.contains(&env.stack.db_tls_password), "{log}");
     env.handler(handler).stop_cleanly();

@@ -348,6 +348,22 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
     );
 }
 
+/// How often an instance's group membership changed: its two consumers share its
+/// group, so every assignment or revocation, of either topic, is a rebalance of it.
+fn membership_changes(env: &mut TestEnv, instance: usize) -> usize {
+    let log = env.handler(instance).log();
+    log.matches("assigned ").count() + log.matches("revoked ").count()
+}
+
+/// Waits until the instance holds partitions of both command topics.
+fn wait_for_both_topics(env: &mut TestEnv, instance: usize) {
+    let (cac, cmt) = (env.topics.cac.clone(), env.topics.cmt.clone());
+    env.handler(instance)
+        .wait_for_log_where("partitions of both topics", |log| {
+            log.contains(&format!("assigned {cac}/")) && log.contains(&format!("assigned {cmt}/"))
+        });
+}
+
 /// While a batch waits out an outage, its instance stays in the group: its partitions
 /// are paused and it keeps polling. An outage longer than `max.poll.interval.ms` sets
 /// off no rebalance, and every command is answered once.
@@ -360,17 +376,8 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
         ("RDKAFKA_CONSUMER_MAX_POLL_INTERVAL_MS", "7000"),
     ];
     let instances = [env.start_handler(&group), env.start_handler(&group)];
-    let (cac, cmt) = (env.topics.cac.clone(), env.topics.cmt.clone());
-    // Both consumers of an instance share its group: every assignment or revocation,
-    // of either topic, is a rebalance of the group.
     let rebalances = |env: &mut TestEnv| -> usize {
-        instances
-            .iter()
-            .map(|i| {
-                let log = env.handler(*i).log();
-                log.matches("assigned ").count() + log.matches("revoked ").count()
-            })
-            .sum()
+        instances.iter().map(|i| membership_changes(env, *i)).sum()
     };
     // Settled: each instance holds partitions of both topics, and a round of commands
     // is answered with no assignment changing meanwhile.
@@ -379,11 +386,7 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         for instance in instances {
-            env.handler(instance)
-                .wait_for_log_where("partitions of both topics", |log| {
-                    log.contains(&format!("assigned {cac}/"))
-                        && log.contains(&format!("assigned {cmt}/"))
-                });
+            wait_for_both_topics(&mut env, instance);
         }
         let before = rebalances(&mut env);
         let round: Vec<TransferCmd> = (0..8)
@@ -462,7 +465,6 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
 #[test]
 fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
     use diesel::connection::SimpleConnection;
-    use diesel::prelude::*;
 
     let private = PrivateStack::up("slowack");
     let mut env = TestEnv::on(private.stack, "slowack", 1);
@@ -474,14 +476,8 @@ fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
     let (iban, _) = env.open_account();
     http_until(&ready, "ready", |r| r.status == 200);
     // Both consumers in the group (the second one's join is a rebalance of its own).
-    let (cac, cmt) = (env.topics.cac.clone(), env.topics.cmt.clone());
-    env.handler(handler)
-        .wait_for_log_where("partitions of both topics", |log| {
-            log.contains(&format!("assigned {cac}/")) && log.contains(&format!("assigned {cmt}/"))
-        });
-    let membership_changes =
-        |log: &str| log.matches("assigned ").count() + log.matches("revoked ").count();
-    let changes_before = membership_changes(&env.handler(handler).log());
+    wait_for_both_topics(&mut env, handler);
+    let changes_before = membership_changes(&mut env, handler);
 
     // The account's row locked, the handler's transaction waits for it once the command
     // is read: the broker is frozen then, and the answer sent after it.
@@ -493,19 +489,12 @@ fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
     let command = TransferCmd::new("", 2, "cash", &iban);
     env.send_transfer(&command);
     env.flush();
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
     let deadline = std::time::Instant::now() + WAIT;
-    while diesel::sql_query(
+    while count(
+        &mut env.admin_db(),
         "SELECT count(*) AS n FROM pg_stat_activity \
          WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .get_result::<Count>(&mut env.admin_db())
-    .unwrap()
-    .n == 0
+    ) == 0
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -534,7 +523,7 @@ fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
     assert_eq!(env.amount(&iban), Some(2));
     let log = env.handler(handler).log();
     assert_eq!(
-        membership_changes(&log),
+        membership_changes(&mut env, handler),
         changes_before,
         "the instance's membership changed while it waited:\n{log}"
     );

@@ -180,6 +180,18 @@ impl Stack {
         }
     }
 
+    /// The handler's variables to work over the SASL_SSL listener as the SASL user,
+    /// with `mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    pub fn sasl_env<'a>(&'a self, mechanism: &'a str) -> [(&'static str, &'a str); 5] {
+        [
+            ("KAFKA_BROKERS", self.sasl.brokers.as_str()),
+            ("KAFKA_SSL_CA_LOCATION", self.tls.ca.as_str()),
+            ("KAFKA_SASL_MECHANISM", mechanism),
+            ("KAFKA_SASL_USERNAME", self.sasl.username.as_str()),
+            ("KAFKA_SASL_PASSWORD", self.sasl.password.as_str()),
+        ]
+    }
+
     /// Takes a right on `topic` (`Write`, `Read`, …) away from the SASL user, by a DENY
     /// ACL (the broker allows what no ACL names); `undeny` gives it back.
     pub fn deny_sasl_user(&self, operation: &str, topic: &str) {
@@ -1305,6 +1317,19 @@ pub fn http(method: &str, url: &str) -> HttpReply {
 }
 
 /// Polls `url` until `done` holds for a reply, or fails the test with the last one.
+/// The number a `SELECT count(*) AS n …` query answers.
+pub fn count(conn: &mut PgConnection, query: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(query)
+        .get_result::<Count>(conn)
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .n
+}
+
 pub fn http_until(url: &str, what: &str, done: impl Fn(&HttpReply) -> bool) -> HttpReply {
     let deadline = Instant::now() + WAIT;
     loop {

@@ -160,14 +160,8 @@ fn check(env: &TestEnv, overrides: &[(&str, &str)]) -> (bool, String) {
 fn works_over_sasl(mechanism: &str) {
     let mut env = TestEnv::new(&format!("sasl-{}", mechanism.to_lowercase()));
     let stack: &'static Stack = env.stack;
-    let over_sasl = [
-        ("KAFKA_BROKERS", stack.sasl.brokers.as_str()),
-        ("KAFKA_SSL_CA_LOCATION", stack.tls.ca.as_str()),
-        ("KAFKA_SASL_MECHANISM", mechanism),
-        ("KAFKA_SASL_USERNAME", stack.sasl.username.as_str()),
-        ("KAFKA_SASL_PASSWORD", stack.sasl.password.as_str()),
-        ("RUST_LOG", "debug"),
-    ];
+    let mut over_sasl = stack.sasl_env(mechanism).to_vec();
+    over_sasl.push(("RUST_LOG", "debug"));
     let (reached, report) = check(&env, &over_sasl);
     assert!(reached, "check over SASL {mechanism}:\n{report}");
     assert!(

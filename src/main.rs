@@ -76,7 +76,12 @@ fn main() {
             exit::FAILURE
         });
     }
-    if let Err(why) = app::run(config) {
+    let outcome = match app::App::start(&config) {
+        Ok(Some(running)) => running.wait(),
+        Ok(None) => Ok(()),
+        Err(startup) => Err(startup.into()),
+    };
+    if let Err(why) = outcome {
         app::exit_with(&why, exit::FAILURE);
     }
 }

@@ -21,8 +21,8 @@ impl<K: CommandKind> CommandLoop<K> {
     /// Stage 2: applies the commands in one transaction (retried while the failure is
     /// transient) and lists what to publish, in record order.
     pub(super) fn apply(
-        &self,
-        batch: &Batch<'_>,
+        &mut self,
+        batch: &Batch,
         decoded: Decoded<K::Command>,
     ) -> Result<Applied, Interrupted> {
         // The commands go to the database together; the slots keep record order.
@@ -112,29 +112,29 @@ impl<K: CommandKind> CommandLoop<K> {
     /// The batch transaction, retried while it fails transiently; Ok(Err) when the
     /// database refuses it in a way that will recur.
     fn apply_all(
-        &self,
-        batch: &Batch<'_>,
+        &mut self,
+        batch: &Batch,
         what: &dyn Fn() -> String,
         commands: &[K::Command],
     ) -> Result<Result<Vec<K::Answer>, DbError>, Interrupted> {
         if commands.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        // Carried by this transaction; kept for the next one if it does not commit.
-        let acknowledged = self.acknowledged_events.take();
-        let outcome = self.retries(batch).run(what, || {
+        // The acknowledged events are forgotten by this transaction: once it commits,
+        // they are done with; if it does not, the next one carries them.
+        let outcome = self.context.retries(batch).run(what, || {
             let attempt = self
                 .database
                 .connection()
-                .and_then(|mut conn| Ok(K::apply(&mut conn, commands, &acknowledged)?));
+                .and_then(|mut conn| Ok(K::apply(&mut conn, commands, &self.acknowledged_events)?));
             match attempt {
                 Ok(answers) => Ok(Ok(answers)),
                 Err(error) if error.failure() == DbFailure::Permanent => Ok(Err(error)),
                 Err(error) => Err(Attempt::Transient(error)),
             }
         });
-        if !matches!(outcome, Ok(Ok(_))) {
-            self.acknowledged_events.borrow_mut().extend(acknowledged);
+        if matches!(outcome, Ok(Ok(_))) {
+            self.acknowledged_events.clear();
         }
         outcome
     }
@@ -142,8 +142,8 @@ impl<K: CommandKind> CommandLoop<K> {
     /// Each command in a transaction of its own: the answer, or why the database
     /// refuses it (the record is then dead-lettered with that reason).
     fn apply_one_by_one(
-        &self,
-        batch: &Batch<'_>,
+        &mut self,
+        batch: &Batch,
         indices: &[usize],
         commands: &[K::Command],
     ) -> Result<Vec<Result<K::Answer, String>>, Interrupted> {

@@ -1,21 +1,22 @@
 //! A batch as it moves through the stages: the records polled, what each became
 //! ([`Decoded`]), and what to publish once applied ([`Applied`]). Each stage takes the
-//! previous one's value and gives the next, so a batch can wait for its
-//! acknowledgement while the next one is applied.
+//! previous one's value and gives the next. A batch owns its records (copied out of
+//! the consumer's buffers), so it can wait for its acknowledgement in the
+//! [`super::pipeline`] while the loop polls and applies the next one.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::ops::metrics::BatchTally;
 use crate::produce::Outbound;
 
-/// A poll's worth of records of one topic, borrowed from the consumer (not copied).
-pub(crate) struct Batch<'c> {
-    pub records: Vec<BorrowedMessage<'c>>,
+/// A poll's worth of records of one topic.
+pub(crate) struct Batch {
+    pub records: Vec<OwnedMessage>,
     pub polled_at: Instant,
 }
 
@@ -39,7 +40,11 @@ pub(crate) struct Applied {
     pub tally: BatchTally,
 }
 
-impl Batch<'_> {
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

@@ -18,9 +18,9 @@
 //! recorded outcomes and answers exactly as the first time, so nothing is lost and
 //! nothing is applied twice (answers may be duplicated).
 //!
-//! Batches are pipelined: while Kafka acknowledges batch N (step 3), batch N+1 is
-//! decoded and applied (steps 1 and 2) and handed to the producer behind it; N's
-//! offsets are stored before N+1's. The reasoning above holds batch by batch: a crash
+//! Batches are pipelined ([`pipeline`]): while Kafka acknowledges batch N (step 3),
+//! batch N+1 is decoded and applied (steps 1 and 2) and handed to the producer behind
+//! it; N's offsets are stored before N+1's. The reasoning above holds batch by batch: a crash
 //! redelivers N and N+1, both recorded, both answered as the first time. Order holds
 //! too: N+1 is applied after N, its records are sent after N's by the one producer
 //! (idempotent, so in order per partition), and when N must be sent again, N+1 is sent
@@ -39,10 +39,9 @@ mod apply;
 pub(crate) mod batch;
 pub(crate) mod consumer;
 pub(crate) mod kinds;
-mod publish;
+mod pipeline;
 pub(crate) mod retry;
 
-use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -52,13 +51,15 @@ use log::{info, warn};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use schema_registry_converter::blocking::schema_registry::SrSettings;
+use uuid::Uuid;
 
 use self::batch::{Batch, Decoded, Intake};
 use self::consumer::CommandConsumer;
 use self::kinds::CommandKind;
-use self::publish::InFlight;
+use self::pipeline::{Completed, Pipeline};
 pub use self::retry::LoopError;
-use self::retry::{Attempt, Interrupted, Retries};
+use self::retry::{Attempt, Interrupted, LoopContext, RetryPolicy};
 use crate::config::Topics;
 use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
@@ -69,37 +70,84 @@ use crate::wire::{CommandDecoder, DecodeError};
 /// How often a loop runs its kind's housekeeping after storing offsets.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The consumer loop of one kind of command, `K`.
-pub(crate) struct CommandLoop<K: CommandKind> {
-    /// Shared with the readiness probe, which asks it for the brokers' metadata.
+/// How many batches wait for their acknowledgement while the next one is applied.
+const BATCHES_IN_FLIGHT: usize = 1;
+
+/// What a consumer loop is made of.
+pub(crate) struct LoopParts<'a> {
+    /// Subscribed to the kind's command topic.
     pub consumer: Arc<CommandConsumer>,
-    pub decoder: CommandDecoder,
-    pub database: Database,
-    pub topics: Topics,
-    pub destinations: Destinations,
-    pub publish: mpsc::Sender<PublishRequest>,
-    pub shutdown: Arc<AtomicBool>,
-    pub batch_size: usize,
-    pub metrics: Arc<Metrics>,
     /// Shared with the liveness probe.
     pub heartbeat: Arc<Heartbeat>,
-    /// Commands whose events Kafka acknowledged, to forget with the next transaction.
-    pub acknowledged_events: RefCell<Vec<uuid::Uuid>>,
-    /// When the kind's housekeeping last ran ([`CommandKind::offsets_stored`]).
-    pub last_sweep: Cell<Option<Instant>>,
+    pub registry: &'a SrSettings,
+    pub database: &'a Database,
+    pub topics: &'a Topics,
+    /// The largest dead letter its topic takes.
+    pub dead_letter_limit: usize,
+    pub publish: mpsc::Sender<PublishRequest>,
+    pub shutdown: &'a Arc<AtomicBool>,
+    pub metrics: &'a Arc<Metrics>,
+    pub batch_size: usize,
+}
+
+/// The consumer loop of one kind of command, `K`.
+pub(crate) struct CommandLoop<K: CommandKind> {
+    consumer: Arc<CommandConsumer>,
+    /// Shutdown, heartbeat, metrics and delays, which every stage's retries share.
+    context: LoopContext,
+    decoder: CommandDecoder,
+    database: Database,
+    destinations: Destinations,
+    batch_size: usize,
+    /// The batches handed to the producer, waiting for Kafka's acknowledgement.
+    pipeline: Pipeline<mpsc::Sender<PublishRequest>>,
+    /// Transfers whose events Kafka acknowledged: forgotten by the next transaction, or
+    /// on their own when the topic is quiet.
+    acknowledged_events: Vec<Uuid>,
+    /// When the kind's housekeeping runs next ([`CommandKind::offsets_stored`]).
+    next_sweep: Instant,
     /// `fn() -> K`: the loop holds no `K`, so it is `Send` whatever `K` is.
-    pub kind: PhantomData<fn() -> K>,
+    kind: PhantomData<fn() -> K>,
 }
 
 impl<K: CommandKind> CommandLoop<K> {
+    pub fn new(parts: LoopParts<'_>) -> Self {
+        let topic = parts.topics.commands(K::TOPIC).clone();
+        CommandLoop {
+            context: LoopContext {
+                member: Arc::clone(&parts.consumer) as _,
+                shutdown: Arc::clone(parts.shutdown),
+                heartbeat: parts.heartbeat,
+                metrics: Arc::clone(parts.metrics),
+                topic,
+                policy: RetryPolicy::default(),
+            },
+            consumer: parts.consumer,
+            decoder: CommandDecoder::new(parts.registry.clone()),
+            database: parts.database.clone(),
+            destinations: Destinations::new(parts.topics, parts.dead_letter_limit),
+            batch_size: parts.batch_size,
+            pipeline: Pipeline::new(parts.publish),
+            acknowledged_events: Vec::new(),
+            next_sweep: Instant::now(),
+            kind: PhantomData,
+        }
+    }
+
     fn topic(&self) -> &str {
-        self.topics.commands(K::TOPIC)
+        &self.context.topic
     }
 
     /// Runs until shutdown is requested (Ok) or a failure it cannot get past (Err).
-    pub fn run(self) -> Result<(), LoopError> {
+    pub fn run(mut self) -> Result<(), LoopError> {
         info!("consuming {}", self.topic());
         let outcome = match self.consume() {
+            // Stopping: the batches in flight are finished if Kafka acknowledges them
+            // in time.
+            Ok(()) | Err(Interrupted::Shutdown) => self.complete_in_flight().map(|_| ()),
+            Err(fatal) => Err(fatal),
+        };
+        let outcome = match outcome {
             Ok(()) | Err(Interrupted::Shutdown) => Ok(()),
             Err(Interrupted::Fatal(error)) => Err(error),
         };
@@ -114,67 +162,40 @@ impl<K: CommandKind> CommandLoop<K> {
         outcome
     }
 
-    /// The data path. Pipelined: while Kafka acknowledges one batch, the next is
-    /// decoded and applied; batches are completed (acknowledged, offsets stored) in the
-    /// order they were polled.
-    fn consume(&self) -> Result<(), Interrupted> {
-        let mut in_flight: Option<InFlight<'_>> = None;
-        let outcome = self.consume_pipelined(&mut in_flight);
-        // Stopping: the batch in flight is finished if Kafka acknowledges it in time.
-        match (outcome, in_flight.take()) {
-            (Ok(()) | Err(Interrupted::Shutdown), Some(last)) => self.complete(last, None),
-            (outcome, _) => outcome,
-        }
-    }
-
-    fn consume_pipelined<'c>(
-        &'c self,
-        in_flight: &mut Option<InFlight<'c>>,
-    ) -> Result<(), Interrupted> {
-        while !self.shutdown.load(Ordering::Acquire) {
-            self.heartbeat.beat();
+    /// The data path: poll → decode → apply → hand over; then, pipelined, complete the
+    /// batch handed over before (acknowledged → offsets stored) while this one is in
+    /// flight. Batches complete in the order they were polled.
+    fn consume(&mut self) -> Result<(), Interrupted> {
+        while !self.context.shutdown_requested() {
+            self.context.heartbeat.beat();
             let batch = self.poll_batch();
-            if batch.records.is_empty() {
-                match in_flight.take() {
-                    Some(previous) => self.complete(previous, None)?,
-                    // Quiet: forget acknowledged events now, not with the next batch.
-                    None => self.forget_acknowledged(),
+            if batch.is_empty() {
+                // Quiet: nothing comes behind what is in flight to carry the forgetting.
+                if self.complete_in_flight()? == 0 {
+                    self.forget_acknowledged();
                 }
                 continue;
             }
             let decoded = self.decode(&batch)?;
             let applied = self.apply(&batch, decoded)?;
-            let mut next = self.hand_over(batch, applied)?;
-            if let Some(previous) = in_flight.take() {
-                self.complete(previous, Some(&mut next))?;
+            self.pipeline.hand_over(batch, applied)?;
+            while self.pipeline.len() > BATCHES_IN_FLIGHT {
+                self.complete_oldest()?;
             }
-            *in_flight = Some(next);
         }
         Ok(())
-    }
-
-    /// Retries of a stage of `batch`.
-    fn retries<'a>(&'a self, batch: &'a Batch<'a>) -> Retries<'a> {
-        Retries {
-            consumer: &self.consumer,
-            shutdown: &self.shutdown,
-            heartbeat: &self.heartbeat,
-            metrics: &self.metrics,
-            topic: self.topic(),
-            batch,
-        }
     }
 
     /// Up to `batch_size` records: waits briefly for the first, then takes what is
     /// already fetched, so a quiet topic answers each command at once and a busy one
     /// is applied in large transactions.
-    fn poll_batch(&self) -> Batch<'_> {
+    fn poll_batch(&self) -> Batch {
         let mut records = Vec::new();
         let mut timeout = Duration::from_millis(100);
         while records.len() < self.batch_size {
             match self.consumer.poll(timeout) {
                 None => break,
-                Some(Ok(record)) => records.push(record),
+                Some(Ok(record)) => records.push(record.detach()),
                 Some(Err(error)) => {
                     warn!("polling {} failed: {error}", self.topic());
                     break;
@@ -198,9 +219,9 @@ impl<K: CommandKind> CommandLoop<K> {
 
     /// Stage 1: each record's command, or why it is not one. Waits out registry
     /// outages.
-    fn decode(&self, batch: &Batch<'_>) -> Result<Decoded<K::Command>, Interrupted> {
+    fn decode(&self, batch: &Batch) -> Result<Decoded<K::Command>, Interrupted> {
         let what = || format!("decoding commands of {}", batch.describe());
-        self.retries(batch).run(what, || {
+        self.context.retries(batch).run(what, || {
             let mut intake = Vec::with_capacity(batch.len());
             for record in &batch.records {
                 intake.push(match self.decode_one(record) {
@@ -228,14 +249,54 @@ impl<K: CommandKind> CommandLoop<K> {
         K::decode(&self.decoder, record, value)
     }
 
+    /// Stages 3 and 4 for the oldest batch in flight: waits for its acknowledgement
+    /// (sending again what Kafka refused), then counts it and stores its offsets.
+    fn complete_oldest(&mut self) -> Result<bool, Interrupted> {
+        match self.pipeline.complete_oldest(&self.context)? {
+            Some(completed) => {
+                self.finish(completed);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Completes every batch in flight; how many there were.
+    fn complete_in_flight(&mut self) -> Result<usize, Interrupted> {
+        let mut completed = 0;
+        while self.complete_oldest()? {
+            completed += 1;
+        }
+        Ok(completed)
+    }
+
+    /// Stage 4: counts an acknowledged batch, keeps its transfers to forget, and stores
+    /// its offsets.
+    fn finish(&mut self, completed: Completed) {
+        let Completed {
+            batch,
+            with_events,
+            tally,
+        } = completed;
+        self.context.metrics.batch_done(
+            K::TOPIC,
+            self.topic(),
+            tally,
+            batch.len(),
+            batch.polled_at.elapsed(),
+        );
+        self.acknowledged_events.extend(with_events);
+        self.store_offsets(&batch);
+    }
+
     /// Deletes the recorded events of acknowledged batches that no next batch carried.
     /// Best effort: if it fails, a later redelivery publishes them once more, which is
     /// allowed, and the sweep takes them.
-    fn forget_acknowledged(&self) {
-        let acknowledged = self.acknowledged_events.take();
-        if acknowledged.is_empty() {
+    fn forget_acknowledged(&mut self) {
+        if self.acknowledged_events.is_empty() {
             return;
         }
+        let acknowledged = std::mem::take(&mut self.acknowledged_events);
         let result = self
             .database
             .connection()
@@ -248,10 +309,10 @@ impl<K: CommandKind> CommandLoop<K> {
         }
     }
 
-    /// Stage 4: stores, per partition, the offset after the batch's last record. Fails
-    /// only for partitions revoked meanwhile, whose new owner redelivers those records.
-    /// Then, now and then, the kind's housekeeping that needs the stored offsets.
-    fn store_offsets(&self, batch: &Batch<'_>) {
+    /// Stores, per partition, the offset after the batch's last record. Fails only for
+    /// partitions revoked meanwhile, whose new owner redelivers those records. Then,
+    /// now and then, the kind's housekeeping that needs the stored offsets.
+    fn store_offsets(&mut self, batch: &Batch) {
         if let Err(error) = self
             .consumer
             .store_offsets(&batch.offsets_to_store(self.topic()))
@@ -262,14 +323,10 @@ impl<K: CommandKind> CommandLoop<K> {
             );
             return;
         }
-        if self
-            .last_sweep
-            .get()
-            .is_some_and(|at| at.elapsed() < SWEEP_INTERVAL)
-        {
+        if Instant::now() < self.next_sweep {
             return;
         }
-        self.last_sweep.set(Some(Instant::now()));
+        self.next_sweep = Instant::now() + SWEEP_INTERVAL;
         let swept = self
             .database
             .connection()

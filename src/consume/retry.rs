@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -54,20 +55,116 @@ pub(crate) enum Attempt<E> {
     Shutdown,
 }
 
-/// A stage's retries: a backoff from 0.1 s to 10 s, a log line per attempt (errors from
-/// the fifth on), and, while waiting, the consumer kept in its group: its partitions
-/// are paused and it keeps polling ([`Hold`]), so a long outage does not exceed
-/// `max.poll.interval.ms` and set off a rebalance.
+/// How long the loop waits, and for what: one place for every delay of a retry, so
+/// tests can make them short.
+#[derive(Clone, Debug)]
+pub(crate) struct RetryPolicy {
+    /// The first backoff after a failed attempt; it doubles up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// An acknowledgement slower than this is Kafka retrying a send: the consumer is
+    /// kept in its group meanwhile ([`Hold`]).
+    pub hold_acknowledgement_after: Duration,
+    /// How long a loop still waits for an acknowledgement after shutdown was asked (the
+    /// broker may be down); then the batch is left unstored and redelivered on restart.
+    pub acknowledgement_grace: Duration,
+    /// How long a poll during a hold waits at most.
+    pub poll_slice: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            hold_acknowledgement_after: Duration::from_secs(1),
+            acknowledgement_grace: Duration::from_secs(15),
+            poll_slice: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a waiting loop needs of its consumer: to stay in its group without taking new
+/// records. The command consumer is the one implementation outside tests.
+pub(crate) trait Membership: Send + Sync {
+    /// Pauses every assigned partition; what was paused, None when nothing could be.
+    fn pause_all(&self) -> Option<TopicPartitionList>;
+    /// One poll, which tells the group the member is alive and runs the rebalance
+    /// callbacks; where the record it still handed out is, if any.
+    fn keep_alive(&self, timeout: Duration) -> Option<(i32, i64)>;
+    fn resume(&self, paused: &TopicPartitionList);
+    /// Reads `partition` of `topic` again from `offset`.
+    fn rewind(&self, topic: &str, partition: i32, offset: i64);
+}
+
+impl Membership for CommandConsumer {
+    fn pause_all(&self) -> Option<TopicPartitionList> {
+        let assigned = self.assignment().ok()?;
+        match self.pause(&assigned) {
+            Ok(()) => Some(assigned),
+            Err(error) => {
+                warn!("cannot pause partitions while retrying: {error}");
+                None
+            }
+        }
+    }
+
+    fn keep_alive(&self, timeout: Duration) -> Option<(i32, i64)> {
+        match self.poll(timeout) {
+            Some(Ok(record)) => Some((record.partition(), record.offset())),
+            _ => None,
+        }
+    }
+
+    fn resume(&self, paused: &TopicPartitionList) {
+        if let Err(error) = Consumer::resume(self, paused) {
+            warn!("cannot resume partitions after retrying: {error}");
+        }
+    }
+
+    fn rewind(&self, topic: &str, partition: i32, offset: i64) {
+        // A partition revoked meanwhile cannot be sought; its new owner reads it.
+        if let Err(error) = self.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT) {
+            info!("not rewinding {topic}/{partition} to {offset}: {error}");
+        }
+    }
+}
+
+/// What every stage of a loop shares while it waits: the consumer to keep in its
+/// group, the shutdown flag, the heartbeat liveness reads, the metrics a stall shows
+/// in, and the delays.
+pub(crate) struct LoopContext {
+    pub member: Arc<dyn Membership>,
+    pub shutdown: Arc<AtomicBool>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub metrics: Arc<Metrics>,
+    /// The topic the loop consumes: failed attempts are counted under it.
+    pub topic: String,
+    pub policy: RetryPolicy,
+}
+
+impl LoopContext {
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Retries of a stage of `batch`.
+    pub fn retries<'a>(&'a self, batch: &'a Batch) -> Retries<'a> {
+        Retries {
+            context: self,
+            batch,
+        }
+    }
+}
+
+/// A stage's retries: a backoff (see [`RetryPolicy`]), a log line per attempt (errors
+/// from the fifth on), and, while waiting, the consumer kept in its group: its
+/// partitions are paused and it keeps polling ([`Hold`]), so a long outage does not
+/// exceed `max.poll.interval.ms` and set off a rebalance.
 pub(crate) struct Retries<'a> {
-    pub consumer: &'a CommandConsumer,
-    pub shutdown: &'a AtomicBool,
-    pub heartbeat: &'a Heartbeat,
-    /// Each failed attempt is counted under this topic, and its partitions are reported
-    /// stalled until the attempt passes.
-    pub metrics: &'a Metrics,
-    pub topic: &'a str,
+    context: &'a LoopContext,
     /// The batch whose partitions a failed attempt reports stalled.
-    pub batch: &'a Batch<'a>,
+    batch: &'a Batch,
 }
 
 impl Retries<'_> {
@@ -90,18 +187,25 @@ impl Retries<'_> {
     /// Keeps the consumer in its group while the batch waits ([`Hold`]), and reports
     /// the batch's partitions stalled for `why`.
     pub fn hold(&self, why: &str) -> Hold {
-        self.metrics
+        let context = self.context;
+        context
+            .metrics
             .stalls
-            .retrying(self.topic, &self.batch.partitions(), why);
-        Hold::pause(self.consumer)
+            .retrying(&context.topic, &self.batch.partitions(), why);
+        Hold {
+            paused: context.member.pause_all(),
+            rewind: BTreeMap::new(),
+        }
     }
 
     /// Ends a [`Retries::hold`]: the partitions resume and are no longer stalled.
     pub fn release(&self, hold: Hold) {
-        hold.release(self.consumer, self.topic);
-        self.metrics
+        let context = self.context;
+        hold.release(&*context.member, &context.topic);
+        context
+            .metrics
             .stalls
-            .resolved(self.topic, &self.batch.partitions());
+            .resolved(&context.topic, &self.batch.partitions());
     }
 
     fn attempts<T, E: fmt::Display>(
@@ -110,7 +214,9 @@ impl Retries<'_> {
         mut attempt: impl FnMut() -> Result<T, Attempt<E>>,
         hold: &mut Option<Hold>,
     ) -> Result<T, Interrupted> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let context = self.context;
+        let policy = &context.policy;
+        let mut backoff = Backoff::new(policy.first_backoff, policy.max_backoff);
         loop {
             let error = match attempt() {
                 Ok(value) => return Ok(value),
@@ -118,7 +224,7 @@ impl Retries<'_> {
                 Err(Attempt::Shutdown) => return Err(Interrupted::Shutdown),
                 Err(Attempt::Transient(error)) => error,
             };
-            self.metrics.batch_retried(self.topic);
+            context.metrics.batch_retried(&context.topic);
             let why = error.to_string();
             let delay = backoff.next_delay();
             let attempts = backoff.attempts();
@@ -135,14 +241,15 @@ impl Retries<'_> {
             let hold = match hold {
                 Some(hold) => {
                     // The latest failure is the one readiness shows.
-                    self.metrics
+                    context
+                        .metrics
                         .stalls
-                        .retrying(self.topic, &self.batch.partitions(), &why);
+                        .retrying(&context.topic, &self.batch.partitions(), &why);
                     hold
                 }
                 None => hold.insert(self.hold(&why)),
             };
-            if !hold.wait(delay, self) {
+            if !hold.wait(delay, context) {
                 return Err(Interrupted::Shutdown);
             }
         }
@@ -161,67 +268,44 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
-    fn pause(consumer: &CommandConsumer) -> Hold {
-        let paused = consumer
-            .assignment()
-            .ok()
-            .filter(|assigned| match consumer.pause(assigned) {
-                Ok(()) => true,
-                Err(error) => {
-                    warn!("cannot pause partitions while retrying: {error}");
-                    false
-                }
-            });
-        Hold {
-            paused,
-            rewind: BTreeMap::new(),
-        }
-    }
-
     /// Waits `delay`, polling; false when shutdown was asked meanwhile.
-    fn wait(&mut self, delay: Duration, retries: &Retries<'_>) -> bool {
+    fn wait(&mut self, delay: Duration, context: &LoopContext) -> bool {
         let until = Instant::now() + delay;
         loop {
-            if retries.shutdown.load(Ordering::Acquire) {
+            if context.shutdown_requested() {
                 return false;
             }
             let now = Instant::now();
             if now >= until {
                 return true;
             }
-            retries.heartbeat.beat();
-            self.poll(retries.consumer, (until - now).min(POLL_SLICE));
+            context.heartbeat.beat();
+            self.poll(
+                &*context.member,
+                (until - now).min(context.policy.poll_slice),
+            );
         }
     }
 
     /// One poll: tells the group the member is alive and runs the rebalance callbacks;
     /// a record it still hands out is rewound to on release.
-    pub(super) fn poll(&mut self, consumer: &CommandConsumer, timeout: Duration) {
-        if let Some(Ok(record)) = consumer.poll(timeout) {
+    pub(super) fn poll(&mut self, member: &dyn Membership, timeout: Duration) {
+        if let Some((partition, offset)) = member.keep_alive(timeout) {
             self.rewind
-                .entry(record.partition())
-                .and_modify(|first| *first = (*first).min(record.offset()))
-                .or_insert(record.offset());
+                .entry(partition)
+                .and_modify(|first| *first = (*first).min(offset))
+                .or_insert(offset);
         }
     }
 
-    fn release(self, consumer: &CommandConsumer, topic: &str) {
-        if let Some(paused) = &self.paused
-            && let Err(error) = consumer.resume(paused)
-        {
-            warn!("cannot resume partitions after retrying: {error}");
+    fn release(self, member: &dyn Membership, topic: &str) {
+        if let Some(paused) = &self.paused {
+            member.resume(paused);
         }
         for (partition, offset) in self.rewind {
-            // A partition revoked meanwhile cannot be sought; its new owner reads it.
-            if let Err(error) =
-                consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT)
-            {
-                info!("not rewinding {topic}/{partition} to {offset}: {error}");
-            }
+            member.rewind(topic, partition, offset);
         }
     }
 }
 
-/// How long a poll during a hold waits at most.
-const POLL_SLICE: Duration = Duration::from_millis(100);
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);

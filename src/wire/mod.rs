@@ -9,4 +9,6 @@ pub mod schemas;
 
 pub use decode::{CommandDecoder, DecodeError};
 pub use encode::{AnswerEncoder, EncodeError, OutputRecord, SubjectError};
-pub use registry::{REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings};
+pub use registry::{
+    InvalidRegistryUrl, REGISTRY_TIMEOUT, limit_datum_allocations, registry_settings,
+};

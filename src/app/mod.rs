@@ -1,0 +1,220 @@
+//! Wiring: start-up in stages, the three threads, and shutdown on SIGTERM / SIGINT.
+//!
+//! [`App::start`] runs the stages of [`startup`] in order and gives a [`Running`]
+//! handler: two consumer threads (one per command topic) and one producer thread,
+//! joined by an `mpsc` channel, and the HTTP thread. [`Running::wait`] owns the
+//! shutdown order: a signal stops the consumers after their batches in flight and they
+//! commit their last offsets; the producer thread then flushes; the HTTP thread stops;
+//! last, the consumers are dropped and leave their group.
+
+mod startup;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use log::{error, info};
+
+pub use self::startup::StartupError;
+use self::startup::{HttpThread, LoopInputs, StartedLoop};
+use crate::config::Config;
+use crate::consume::LoopError;
+use crate::consume::kinds::{AccountCreations, MoneyTransfers};
+use crate::db::Database;
+use crate::ops::http;
+use crate::ops::metrics::Metrics;
+use crate::wire::{REGISTRY_TIMEOUT, limit_datum_allocations};
+
+/// Why the handler stopped other than by a signal; `main` turns it into an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// A consumer loop stopped for good.
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+}
+
+/// The handler before it runs.
+pub struct App;
+
+/// A started handler: its threads, and what must outlive them.
+pub struct Running {
+    shutdown: Arc<AtomicBool>,
+    loops: Vec<StartedLoop>,
+    producer: JoinHandle<()>,
+    http: Option<HttpThread>,
+}
+
+impl App {
+    /// Runs start-up's stages. None when a signal came before the handler was running.
+    pub fn start(config: &Config) -> Result<Option<Running>, StartupError> {
+        let shutdown = startup::signals()?;
+        startup::announce(config);
+        let database = Database::new(config.database_url.expose(), config.db_pool_size);
+        let registry = startup::registry(config, REGISTRY_TIMEOUT)?;
+        let metrics = Arc::new(Metrics::new());
+        let http = startup::serve_http(config, &database, &metrics, &shutdown)?;
+        let stopped_early = |http| {
+            info!("stopped before the handler was running");
+            stop_http(http);
+            Ok(None)
+        };
+
+        let Some(()) = startup::migrate(&database, &shutdown)? else {
+            return stopped_early(http);
+        };
+        let Some(dead_letter_limit) = startup::output_topics(config, &shutdown)? else {
+            return stopped_early(http);
+        };
+        let Some(encoder) = startup::output_subjects(config, &registry, &shutdown)? else {
+            return stopped_early(http);
+        };
+
+        limit_datum_allocations();
+        let producer = startup::start_producer(config, encoder)?;
+        let inputs = LoopInputs {
+            config,
+            registry: &registry,
+            database: &database,
+            publish: &producer.publish,
+            shutdown: &shutdown,
+            metrics: &metrics,
+            dead_letter_limit,
+        };
+        let loops = vec![
+            startup::start_loop::<AccountCreations>(&inputs)?,
+            startup::start_loop::<MoneyTransfers>(&inputs)?,
+        ];
+        // The loops hold the only senders now: once they stop, the producer thread ends.
+        drop(producer.publish);
+        if let Some(http) = &http {
+            let clients = http::KafkaClients {
+                consumers: loops.iter().map(|l| Arc::clone(&l.consumer)).collect(),
+                producer: producer.producer,
+                heartbeats: loops.iter().map(|l| l.heartbeat.clone()).collect(),
+            };
+            // Set once, here; a second set cannot happen.
+            let _ = http.dependencies.clients.set(clients);
+        }
+        info!("running");
+        Ok(Some(Running {
+            shutdown,
+            loops,
+            producer: producer.thread,
+            http,
+        }))
+    }
+}
+
+impl Running {
+    /// Waits until the handler stops: Ok after a signal, Err when a loop stopped for
+    /// good (the other loop is stopped too).
+    pub fn wait(self) -> Result<(), RunError> {
+        let Running {
+            shutdown,
+            loops,
+            producer,
+            http,
+        } = self;
+        let mut failure = None;
+        let mut consumers = Vec::with_capacity(loops.len());
+        for started in loops {
+            match join(started.thread) {
+                Ok(()) => {}
+                Err(stopped) => failure = Some(RunError::Loop(stopped)),
+            }
+            consumers.push(started.consumer);
+        }
+        // The loops dropped their senders: the producer flushes and ends.
+        join(producer);
+        // The consumers are done, so the shutdown flag is up and the server stops too.
+        shutdown.store(true, Ordering::Release);
+        stop_http(http);
+        // The last holders of the consumers: dropped, they leave their group.
+        drop(consumers);
+        match failure {
+            None => {
+                info!("stopped cleanly");
+                Ok(())
+            }
+            Some(why) => Err(why),
+        }
+    }
+}
+
+/// Stops the HTTP thread (the shutdown flag is up) and lets go of what it served from.
+fn stop_http(http: Option<HttpThread>) {
+    if let Some(HttpThread {
+        dependencies,
+        thread,
+    }) = http
+    {
+        dependencies.shutdown.store(true, Ordering::Release);
+        join(thread);
+        drop(dependencies);
+    }
+}
+
+/// A thread's result; a panic in it goes on on this thread (a bug: with the release
+/// profile's `panic = "abort"` the process has ended already).
+fn join<T>(thread: JoinHandle<T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Caps glibc's malloc arenas at two, unless `MALLOC_ARENA_MAX` says otherwise. By
+/// default glibc gives each of the ~20 threads (librdkafka's among them) that allocate
+/// at once an arena of its own; two cut the idle anonymous memory by about 0.7 MiB
+/// (one: 1 MiB) on a handler whose threads mostly wait (see the README's benchmark).
+pub fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Logging to stderr: `RUST_LOG` filters (default: `warn`, and `info` for the
+/// handler); `LOG_FORMAT=json` writes one JSON object per line instead of text.
+pub fn init_logging() {
+    use std::io::Write;
+
+    // RUST_LOG replaces the default rather than adding to it: merged, the default's
+    // `open_bank_command_handler=info` would outrank a plain `RUST_LOG=debug`.
+    let filters = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| "warn,open_bank_command_handler=info".to_string());
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&filters);
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => {
+            builder.format(|buf, record| {
+                let line = serde_json::json!({
+                    "time": buf.timestamp_millis().to_string(),
+                    "level": record.level().as_str(),
+                    "target": record.target(),
+                    "message": record.args().to_string(),
+                });
+                writeln!(buf, "{line}")
+            });
+        }
+        Ok("text") | Err(_) => {}
+        Ok(other) => {
+            eprintln!(
+                "command-handler: invalid configuration: LOG_FORMAT: must be text or json, not {other:?}"
+            );
+            std::process::exit(1);
+        }
+    }
+    builder.init();
+}
+
+/// Logs why the handler stops and exits with `code`; used by `main`.
+pub fn exit_with(message: &dyn std::fmt::Display, code: i32) -> ! {
+    error!("{message}");
+    eprintln!("command-handler: {message}");
+    std::process::exit(code)
+}

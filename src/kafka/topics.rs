@@ -13,7 +13,8 @@ use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::Config;
-use crate::kafka::{client_config, rights};
+use crate::kafka::client_config;
+use crate::kafka::rights::{self, WriteRight};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Short, so that the reason a cluster cannot be read reaches the log soon; start-up
@@ -154,19 +155,25 @@ pub(crate) fn forbidden_outputs<C: ClientContext>(
     config: &Config,
     timeout: Duration,
 ) -> Vec<String> {
-    config
-        .topics
-        .outputs()
-        .into_iter()
-        .filter(|topic| match rights::may_write(client, topic, timeout) {
-            Ok(allowed) => allowed == Some(false),
-            Err(why) => {
+    let outputs: Vec<&str> = config.topics.outputs().map(String::as_str).to_vec();
+    let rights = match rights::write_rights(client, &outputs, timeout) {
+        Ok(rights) => rights,
+        Err(why) => {
+            info!("cannot tell whether this handler may write to its output topics: {why}");
+            return Vec::new();
+        }
+    };
+    let mut forbidden = Vec::new();
+    for (topic, right) in rights {
+        match right {
+            WriteRight::Granted => {}
+            WriteRight::Denied => forbidden.push(topic),
+            WriteRight::Unknown(why) => {
                 info!("cannot tell whether this handler may write to {topic}: {why}");
-                false
             }
-        })
-        .cloned()
-        .collect()
+        }
+    }
+    forbidden
 }
 
 /// What the producer sends at most (`message.max.bytes`, librdkafka's default).

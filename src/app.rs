@@ -114,19 +114,17 @@ pub fn run(config: Config) -> Result<(), RunError> {
     // The dead-letter topic, before the first poison record needs it, and the right to
     // write to every output topic.
     let topic_ready = retry_until_shutdown(&shutdown, "the output topics", || {
-        match topics::ensure_dead_letter_topic(&config)
-            .and_then(|_| topics::check_write_rights(&config))
-        {
-            Ok(_) => Ok(Ok(())),
+        let prepared = topics::prepare_output_topics(&config);
+        match prepared {
+            Ok(prepared) => Ok(Ok(prepared)),
             Err(error @ TopicError::Unreachable(_)) => Err(error.to_string()),
             Err(error @ TopicError::Refused(_)) => Ok(Err(error.to_string())),
         }
     });
-    match topic_ready {
+    let dead_letter_limit = match topic_ready {
         None => return Ok(()),
-        Some(outcome) => outcome.map_err(RunError::Startup)?,
-    }
-    let dead_letter_limit = topics::dead_letter_record_limit(&config);
+        Some(outcome) => outcome.map_err(RunError::Startup)?.dead_letter_limit,
+    };
     // Every subject the handler writes with, before the first command is taken.
     let encoder = AnswerEncoder::new(registry.clone(), config.register_schemas);
     let subjects_ready = retry_until_shutdown(&shutdown, "the Schema Registry", || {

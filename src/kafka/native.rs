@@ -5,6 +5,11 @@
 use std::ffi::{CStr, c_char};
 use std::ptr::NonNull;
 
+use rdkafka::bindings as rd;
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+
 /// What librdkafka says, cut to this many bytes: a detail, not a page.
 const DETAIL_BYTES: usize = 200;
 
@@ -64,6 +69,70 @@ fn short(detail: &str) -> String {
     detail[..end].to_string()
 }
 
+/// Hands what librdkafka queued for the log (its log lines and its errors, a refused
+/// certificate among them) to the client's context, without waiting. rust-rdkafka's
+/// admin client polls only its own queue: without this they never reach the log.
+pub(crate) fn forward_logs<C: ClientContext>(client: &Client<C>) {
+    // SAFETY: the main queue of a live client; the guard releases this reference to it.
+    let main = unsafe {
+        Owned::new(
+            rd::rd_kafka_queue_get_main(client.native_ptr()),
+            rd::rd_kafka_queue_destroy,
+        )
+    };
+    let Some(main) = main else { return };
+    loop {
+        // SAFETY: a live queue, polled without waiting; the event is the guard's.
+        let event = unsafe {
+            Owned::new(
+                rd::rd_kafka_queue_poll(main.as_ptr(), 0),
+                rd::rd_kafka_event_destroy,
+            )
+        };
+        let Some(event) = event else { return };
+        // SAFETY: a live event.
+        match unsafe { rd::rd_kafka_event_type(event.as_ptr()) } {
+            rd::RD_KAFKA_EVENT_LOG => forward_log_line(client, &event),
+            rd::RD_KAFKA_EVENT_ERROR => {
+                // SAFETY: a live error event; its string lives with it.
+                let (code, reason) = unsafe {
+                    (
+                        rd::rd_kafka_event_error(event.as_ptr()),
+                        text(rd::rd_kafka_event_error_string(event.as_ptr())),
+                    )
+                };
+                client
+                    .context()
+                    .error(KafkaError::Global(code.into()), &reason);
+            }
+            // Nothing else is asked of this client's main queue.
+            _ => {}
+        }
+    }
+}
+
+fn forward_log_line<C: ClientContext>(client: &Client<C>, event: &Owned<rd::rd_kafka_event_t>) {
+    let (mut facility, mut line, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+    // SAFETY: a live log event; the strings it points to live with it.
+    if unsafe { rd::rd_kafka_event_log(event.as_ptr(), &mut facility, &mut line, &mut level) } != 0
+    {
+        return;
+    }
+    // SAFETY: NULL or NUL-terminated strings of the live event.
+    let (facility, line) = unsafe { (text(facility), text(line)) };
+    client.context().log(log_level(level), &facility, &line);
+}
+
+/// librdkafka's syslog level as rust-rdkafka names it (whose own mapping is private).
+fn log_level(level: i32) -> RDKafkaLogLevel {
+    use RDKafkaLogLevel::*;
+    let levels = [Emerg, Alert, Critical, Error, Warning, Notice, Info];
+    usize::try_from(level)
+        .ok()
+        .and_then(|level| levels.get(level).copied())
+        .unwrap_or(Debug)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +165,13 @@ mod tests {
         assert_eq!(short(&"é".repeat(150)).len(), DETAIL_BYTES);
         // SAFETY: NULL is allowed.
         assert_eq!(unsafe { text(std::ptr::null()) }, "no detail");
+    }
+
+    #[test]
+    fn log_levels_as_syslog_numbers_them() {
+        assert!(matches!(log_level(3), RDKafkaLogLevel::Error));
+        assert!(matches!(log_level(4), RDKafkaLogLevel::Warning));
+        assert!(matches!(log_level(7), RDKafkaLogLevel::Debug));
+        assert!(matches!(log_level(-1), RDKafkaLogLevel::Debug));
     }
 }

@@ -166,20 +166,22 @@ pub(super) fn migrate(database: &Database, shutdown: &AtomicBool) -> Stage<()> {
 /// The dead-letter topic, before the first poison record needs it, and the right to
 /// write to every output topic; the largest dead letter its topic takes.
 pub(super) fn output_topics(config: &Config, shutdown: &AtomicBool) -> Stage<usize> {
-    let ready = retry_until_shutdown(shutdown, "the output topics", || {
-        match topics::ensure_dead_letter_topic(config)
-            .and_then(|_| topics::check_write_rights(config))
-        {
-            Ok(()) => Ok(Ok(())),
-            Err(error @ TopicError::Unreachable(_)) => Err(error.to_string()),
-            Err(error @ TopicError::Refused(_)) => Ok(Err(error)),
-        }
-    });
+    let ready =
+        retry_until_shutdown(
+            shutdown,
+            "the output topics",
+            || match topics::prepare_output_topics(config) {
+                Ok(prepared) => Ok(Ok(prepared)),
+                Err(error @ TopicError::Unreachable(_)) => Err(error.to_string()),
+                Err(error @ TopicError::Refused(_)) => Ok(Err(error)),
+            },
+        );
     let Some(outcome) = ready else {
         return Ok(None);
     };
-    outcome.map_err(StartupError::Topics)?;
-    Ok(Some(topics::dead_letter_record_limit(config)))
+    Ok(Some(
+        outcome.map_err(StartupError::Topics)?.dead_letter_limit,
+    ))
 }
 
 /// Every subject the handler writes with, before the first command is taken.

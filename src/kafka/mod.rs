@@ -2,6 +2,7 @@
 //! dead-letter topic the handler makes. The command consumers are in
 //! [`crate::consume`], the producer in [`crate::produce`].
 
+pub(crate) mod native;
 pub(crate) mod rights;
 pub(crate) mod topics;
 

@@ -2,47 +2,53 @@
 //! stack's: its brokers do not create topics on first use, and its synchronizer deletes
 //! every topic outside its topology. So the handler creates the dead-letter topic at
 //! start-up when it is missing, and refuses to start when it may not.
+//!
+//! The start-up checks of the output topics share one admin client ([`StartupAdmin`]),
+//! made for them and dropped when they are done.
 
 use std::time::Duration;
 
 use log::{info, warn};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::{Client, ClientContext, DefaultClientContext};
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::config::Config;
-use crate::kafka::{client_config, rights};
+use crate::kafka::rights::{self, WriteRight};
+use crate::kafka::{client_config, native};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Short, so that the reason a cluster cannot be read reaches the log soon; start-up
 /// tries again with a backoff.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
+/// What the producer sends at most (`message.max.bytes`, librdkafka's default).
+const PRODUCER_MAX_BYTES: usize = 1_000_000;
 
-/// Why the dead-letter topic is not there.
+/// Why the output topics are not ready.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     /// The brokers did not answer, or the command topic is not there yet: try again.
     #[error("{0}")]
     Unreachable(String),
-    /// The brokers refused to create it: the operator must act.
+    /// The brokers refused to create the dead-letter topic, or deny writing to an output
+    /// topic: the operator must act.
     #[error("{0}")]
     Refused(String),
 }
 
 /// What a missing dead-letter topic is created with.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TopicShape {
-    pub partitions: i32,
-    pub replication: i32,
+pub(crate) struct TopicShape {
+    pub(crate) partitions: i32,
+    pub(crate) replication: i32,
 }
 
 /// The default shape: as many partitions as the money transfer command topic (dead
 /// letters keep their record's partition), and three replicas, or one per broker on a
 /// smaller cluster (the Open Bank stack has three brokers and min.insync.replicas=2).
 /// `KAFKA_DEAD_LETTER_PARTITIONS` and `KAFKA_DEAD_LETTER_REPLICATION` override.
-pub fn default_shape(
+pub(crate) fn default_shape(
     config: &Config,
     command_partitions: Option<i32>,
     brokers: usize,
@@ -57,135 +63,165 @@ pub fn default_shape(
     }
 }
 
-/// Creates the dead-letter topic when the cluster does not have it. Ok(Some(shape))
-/// when it was created, Ok(None) when it was there (or another instance made it first).
-pub fn ensure_dead_letter_topic(config: &Config) -> Result<Option<TopicShape>, TopicError> {
-    // All topics: asking for one by name could make a broker that auto-creates topics
-    // create it with its own defaults. Read through a producer, which can be polled:
-    // connection errors (a refused certificate) reach the log only through a poll.
-    let reader: BaseProducer = client_config(config)
-        .create()
-        .map_err(|e| TopicError::Unreachable(format!("cannot create a Kafka client: {e}")))?;
-    let metadata = reader.client().fetch_metadata(None, METADATA_TIMEOUT);
-    reader.poll(Duration::from_millis(100));
-    let metadata = metadata
-        .map_err(|e| TopicError::Unreachable(format!("cannot read the cluster's topics: {e}")))?;
-    let topic = &config.topics.dead_letter;
-    if partitions_of(&metadata, topic).is_some() {
-        return Ok(None);
+/// What start-up learnt about its output topics.
+#[derive(Debug)]
+pub(crate) struct OutputTopics {
+    /// The largest dead letter its topic takes (see [`StartupAdmin::dead_letter_record_limit`]).
+    pub(crate) dead_letter_limit: usize,
+}
+
+/// Start-up's checks of the output topics, on one admin client dropped when they are
+/// done: the dead-letter topic made when missing, the right to write to every output
+/// topic, and the dead-letter topic's record limit. Unreachable is for retrying.
+pub(crate) fn prepare_output_topics(config: &Config) -> Result<OutputTopics, TopicError> {
+    let admin = StartupAdmin::new(config)?;
+    admin.ensure_dead_letter_topic()?;
+    admin.check_write_rights()?;
+    Ok(OutputTopics {
+        dead_letter_limit: admin.dead_letter_record_limit(),
+    })
+}
+
+/// One short-lived admin client for the questions asked before the handler starts (and
+/// by `check`); what librdkafka logged meanwhile is forwarded to the log when it goes.
+pub(crate) struct StartupAdmin<'a> {
+    config: &'a Config,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl<'a> StartupAdmin<'a> {
+    pub(crate) fn new(config: &'a Config) -> Result<StartupAdmin<'a>, TopicError> {
+        let admin = client_config(config).create().map_err(|e| {
+            TopicError::Unreachable(format!("cannot create a Kafka admin client: {e}"))
+        })?;
+        Ok(StartupAdmin { config, admin })
     }
-    let command_partitions = partitions_of(&metadata, &config.topics.money_transfer_commands);
-    if command_partitions.is_none() && config.dead_letter_partitions.is_none() {
-        // The topics are made by whatever manages the cluster, perhaps just after this
-        // handler starts: wait rather than guess a partition count.
-        return Err(TopicError::Unreachable(format!(
-            "waiting for the command topic {}, whose partition count the dead-letter topic \
-             {topic} takes (or set KAFKA_DEAD_LETTER_PARTITIONS)",
-            config.topics.money_transfer_commands
-        )));
+
+    /// The client underneath, for the probes of `check`.
+    pub(crate) fn client(&self) -> &Client<DefaultClientContext> {
+        self.admin.inner()
     }
-    let shape = default_shape(config, command_partitions, metadata.brokers().len());
-    let new_topic = NewTopic::new(
-        topic,
-        shape.partitions,
-        TopicReplication::Fixed(shape.replication),
-    );
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
-        .create()
-        .map_err(|e| TopicError::Unreachable(format!("cannot create a Kafka admin client: {e}")))?;
-    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = futures_executor::block_on(admin.create_topics([&new_topic], &options))
-        .map_err(|e| TopicError::Unreachable(format!("cannot create topic {topic}: {e}")))?;
-    match results.into_iter().next() {
-        Some(Ok(_)) => {
-            info!(
-                "created the dead-letter topic {topic}: {} partitions, replication {}",
-                shape.partitions, shape.replication
-            );
-            Ok(Some(shape))
+
+    /// Creates the dead-letter topic when the cluster does not have it (Ok too when
+    /// another instance made it first).
+    fn ensure_dead_letter_topic(&self) -> Result<(), TopicError> {
+        let config = self.config;
+        // All topics: asking for one by name could make a broker that auto-creates
+        // topics create it with its own defaults.
+        let metadata = self.client().fetch_metadata(None, METADATA_TIMEOUT);
+        // Connection errors (a refused certificate) reach the log only from its queue.
+        native::forward_logs(self.client());
+        let metadata = metadata.map_err(|e| {
+            TopicError::Unreachable(format!("cannot read the cluster's topics: {e}"))
+        })?;
+        let topic = &config.topics.dead_letter;
+        if partitions_of(&metadata, topic).is_some() {
+            return Ok(());
         }
-        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(None),
-        // The cluster is busy or still electing: ask again.
-        Some(Err((
-            _,
-            code @ (RDKafkaErrorCode::RequestTimedOut
-            | RDKafkaErrorCode::NotController
-            | RDKafkaErrorCode::BrokerNotAvailable
-            | RDKafkaErrorCode::LeaderNotAvailable
-            | RDKafkaErrorCode::NetworkException),
-        ))) => Err(TopicError::Unreachable(format!(
-            "creating topic {topic}: {code}"
-        ))),
-        Some(Err((_, code))) => Err(TopicError::Refused(format!(
-            "the dead-letter topic {topic} does not exist and the brokers refused to create it \
-             ({} partitions, replication {}): {code}. Create it (and add it to the topology \
-             of whatever manages the cluster's topics), or allow this handler to create it; \
-             KAFKA_DEAD_LETTER_PARTITIONS and KAFKA_DEAD_LETTER_REPLICATION set its shape",
-            shape.partitions, shape.replication
-        ))),
-        None => Err(TopicError::Unreachable(format!(
-            "no answer about creating topic {topic}"
-        ))),
-    }
-}
-
-/// Refuses when the brokers say this handler may not write to one of its output topics
-/// (answers, events, dead letters): every batch needing it would stall on its first
-/// record. A broker that does not say, or a topic not there yet, is no reason to refuse.
-pub fn check_write_rights(config: &Config) -> Result<(), TopicError> {
-    let reader: BaseProducer = client_config(config)
-        .create()
-        .map_err(|e| TopicError::Unreachable(format!("cannot create a Kafka client: {e}")))?;
-    let forbidden = forbidden_outputs(reader.client(), config, ADMIN_TIMEOUT);
-    if forbidden.is_empty() {
-        return Ok(());
-    }
-    Err(TopicError::Refused(format!(
-        "this handler may not write to {}: the brokers' ACLs do not grant its principal \
-         WRITE there. Grant it (for example kafka-acls --add --allow-principal User:<the \
-         handler's user> --operation Write --topic <topic>)",
-        forbidden.join(", ")
-    )))
-}
-
-/// The output topics the brokers say this client may not write to.
-pub(crate) fn forbidden_outputs<C: ClientContext>(
-    client: &Client<C>,
-    config: &Config,
-    timeout: Duration,
-) -> Vec<String> {
-    config
-        .topics
-        .outputs()
-        .into_iter()
-        .filter(|topic| match rights::may_write(client, topic, timeout) {
-            Ok(allowed) => allowed == Some(false),
-            Err(why) => {
-                info!("cannot tell whether this handler may write to {topic}: {why}");
-                false
+        let command_partitions = partitions_of(&metadata, &config.topics.money_transfer_commands);
+        if command_partitions.is_none() && config.dead_letter_partitions.is_none() {
+            // The topics are made by whatever manages the cluster, perhaps just after this
+            // handler starts: wait rather than guess a partition count.
+            return Err(TopicError::Unreachable(format!(
+                "waiting for the command topic {}, whose partition count the dead-letter topic \
+                 {topic} takes (or set KAFKA_DEAD_LETTER_PARTITIONS)",
+                config.topics.money_transfer_commands
+            )));
+        }
+        let shape = default_shape(config, command_partitions, metadata.brokers().len());
+        let new_topic = NewTopic::new(
+            topic,
+            shape.partitions,
+            TopicReplication::Fixed(shape.replication),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = futures_executor::block_on(self.admin.create_topics([&new_topic], &options))
+            .map_err(|e| TopicError::Unreachable(format!("cannot create topic {topic}: {e}")))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) => {
+                info!(
+                    "created the dead-letter topic {topic}: {} partitions, replication {}",
+                    shape.partitions, shape.replication
+                );
+                Ok(())
             }
-        })
-        .cloned()
-        .collect()
-}
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(()),
+            // The cluster is busy or still electing: ask again.
+            Some(Err((
+                _,
+                code @ (RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NotController
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NetworkException),
+            ))) => Err(TopicError::Unreachable(format!(
+                "creating topic {topic}: {code}"
+            ))),
+            Some(Err((_, code))) => Err(TopicError::Refused(format!(
+                "the dead-letter topic {topic} does not exist and the brokers refused to create \
+                 it ({} partitions, replication {}): {code}. Create it (and add it to the \
+                 topology of whatever manages the cluster's topics), or allow this handler to \
+                 create it; KAFKA_DEAD_LETTER_PARTITIONS and KAFKA_DEAD_LETTER_REPLICATION set \
+                 its shape",
+                shape.partitions, shape.replication
+            ))),
+            None => Err(TopicError::Unreachable(format!(
+                "no answer about creating topic {topic}"
+            ))),
+        }
+    }
 
-/// What the producer sends at most (`message.max.bytes`, librdkafka's default).
-const PRODUCER_MAX_BYTES: usize = 1_000_000;
+    /// Refuses when the brokers say this handler may not write to one of its output
+    /// topics (answers, events, dead letters): every batch needing it would stall on its
+    /// first record. A broker that does not say, or a topic not there yet, is no reason
+    /// to refuse; brokers that do not answer are asked again.
+    fn check_write_rights(&self) -> Result<(), TopicError> {
+        let forbidden = self
+            .forbidden_outputs(ADMIN_TIMEOUT)
+            .map_err(TopicError::Unreachable)?;
+        if forbidden.is_empty() {
+            return Ok(());
+        }
+        Err(TopicError::Refused(format!(
+            "this handler may not write to {}: the brokers' ACLs do not grant its principal \
+             WRITE there. Grant it (for example kafka-acls --add --allow-principal User:<the \
+             handler's user> --operation Write --topic <topic>)",
+            forbidden.join(", ")
+        )))
+    }
 
-/// The largest dead letter the dead-letter topic takes: its `max.message.bytes`, capped
-/// by what the producer sends; the producer's cap when the topic's cannot be read (no
-/// DescribeConfigs permission). A larger dead letter goes without its value.
-pub fn dead_letter_record_limit(config: &Config) -> usize {
-    let topic = &config.topics.dead_letter;
-    let topic_limit = client_config(config)
-        .create::<AdminClient<DefaultClientContext>>()
-        .ok()
-        .and_then(|admin| {
-            let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
-            let described = futures_executor::block_on(
-                admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options),
-            );
-            let resource = described.ok()?.into_iter().next()?.ok()?;
+    /// The output topics the brokers say this handler may not write to, from one
+    /// request; Err when it went unanswered.
+    pub(crate) fn forbidden_outputs(&self, timeout: Duration) -> Result<Vec<String>, String> {
+        let outputs: Vec<&str> = self.config.topics.outputs().map(String::as_str).to_vec();
+        let rights = rights::write_rights(self.client(), &outputs, timeout).map_err(|why| {
+            format!("cannot ask the brokers what this handler may write to: {why}")
+        })?;
+        let mut forbidden = Vec::new();
+        for (topic, right) in rights {
+            match right {
+                WriteRight::Granted => {}
+                WriteRight::Denied => forbidden.push(topic),
+                WriteRight::Unknown(why) => {
+                    info!("cannot tell whether this handler may write to {topic}: {why}");
+                }
+            }
+        }
+        Ok(forbidden)
+    }
+
+    /// The largest dead letter the dead-letter topic takes: its `max.message.bytes`,
+    /// capped by what the producer sends; the producer's cap when the topic's cannot be
+    /// read (no DescribeConfigs permission). A larger dead letter goes without its value.
+    fn dead_letter_record_limit(&self) -> usize {
+        let topic = &self.config.topics.dead_letter;
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let described = futures_executor::block_on(
+            self.admin
+                .describe_configs([&ResourceSpecifier::Topic(topic)], &options),
+        );
+        let topic_limit = described.ok().and_then(|described| {
+            let resource = described.into_iter().next()?.ok()?;
             resource
                 .get("max.message.bytes")?
                 .value
@@ -193,15 +229,22 @@ pub fn dead_letter_record_limit(config: &Config) -> usize {
                 .parse::<usize>()
                 .ok()
         });
-    let limit = match topic_limit {
-        Some(limit) => limit.min(PRODUCER_MAX_BYTES),
-        None => {
-            warn!("cannot read max.message.bytes of {topic}; taking {PRODUCER_MAX_BYTES}");
-            PRODUCER_MAX_BYTES
-        }
-    };
-    info!("dead letters larger than {limit} bytes go to {topic} without their value");
-    limit
+        let limit = match topic_limit {
+            Some(limit) => limit.min(PRODUCER_MAX_BYTES),
+            None => {
+                warn!("cannot read max.message.bytes of {topic}; taking {PRODUCER_MAX_BYTES}");
+                PRODUCER_MAX_BYTES
+            }
+        };
+        info!("dead letters larger than {limit} bytes go to {topic} without their value");
+        limit
+    }
+}
+
+impl Drop for StartupAdmin<'_> {
+    fn drop(&mut self) {
+        native::forward_logs(self.client());
+    }
 }
 
 fn partitions_of(metadata: &Metadata, topic: &str) -> Option<i32> {

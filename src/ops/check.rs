@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{BaseProducer, Producer};
-
 use crate::config::Config;
 use crate::db::Database;
-use crate::kafka;
+use crate::kafka::topics::StartupAdmin;
 use crate::ops::probe;
 use crate::wire::{REGISTRY_TIMEOUT, registry_settings};
 
@@ -67,12 +65,13 @@ fn kafka(config: &Config) -> Line {
         .into_iter()
         .map(String::as_str)
         .collect();
-    let verdict = kafka::client_config(config)
-        .create::<BaseProducer>()
+    let verdict = StartupAdmin::new(config)
         .map_err(|e| e.to_string())
-        .and_then(|client| {
-            let detail = probe::kafka(client.client(), &topics, TIMEOUT)?;
-            let forbidden = kafka::topics::forbidden_outputs(client.client(), config, TIMEOUT);
+        .and_then(|admin| {
+            let detail = probe::kafka(admin.client(), &topics, TIMEOUT)?;
+            let forbidden = admin
+                .forbidden_outputs(TIMEOUT)
+                .map_err(|why| format!("{detail}; {why}"))?;
             match forbidden.as_slice() {
                 [] => Ok(detail),
                 _ => Err(format!(

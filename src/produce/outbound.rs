@@ -36,7 +36,7 @@ pub struct Destinations {
     pub money_transfer_feedback: Arc<str>,
     pub balance_changed: Arc<str>,
     pub dead_letter: Arc<str>,
-    /// The largest dead letter its topic takes ([`crate::kafka::topics::dead_letter_record_limit`]).
+    /// The largest dead letter its topic takes ([`crate::kafka::topics::OutputTopics`]).
     pub dead_letter_limit: usize,
 }
 

@@ -264,4 +264,6 @@ fn unicode_env() -> impl Iterator<Item = (String, String)> {
 #[cfg(test)]
 mod declaration_tests;
 #[cfg(test)]
+mod readme_tests;
+#[cfg(test)]
 mod tests;

@@ -8,10 +8,11 @@
 //! [`db`] (one transaction per batch) → [`produce`] (the producer thread: encode,
 //! produce, report acknowledgements back).
 //!
-//! Around it: [`config`] (environment variables), [`kafka`] (client settings, the JVM
-//! handler's keytool stores, the dead-letter topic), [`ops`] (metrics, health and
-//! readiness over HTTP, the `check` and `health` commands), [`app`] (start-up, threads
-//! and shutdown) and [`backoff`] (waiting without missing a shutdown).
+//! Around it: [`config`] (environment variables, declared once), [`kafka`] (client
+//! settings, the dead-letter topic), [`ops`] (metrics, health and readiness over HTTP,
+//! the `check` and `health` commands), [`logging`] (`RUST_LOG`, `LOG_FORMAT`), [`app`]
+//! (start-up, threads and shutdown) and [`backoff`] (waiting without missing a
+//! shutdown).
 
 pub mod app;
 pub(crate) mod backoff;
@@ -20,6 +21,7 @@ pub(crate) mod consume;
 pub(crate) mod db;
 pub mod domain;
 pub(crate) mod kafka;
+pub mod logging;
 pub mod ops;
 pub(crate) mod produce;
 pub mod wire;

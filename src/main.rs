@@ -1,80 +1,74 @@
-use open_bank_command_handler::app;
+use clap::Parser;
 use open_bank_command_handler::config::{self, Config};
-use open_bank_command_handler::ops::{check, health_check};
+use open_bank_command_handler::ops::check;
+use open_bank_command_handler::ops::health_check::{self, Probe};
+use open_bank_command_handler::{app, logging};
 
 /// Exit codes, as the README lists them.
 mod exit {
     /// Stopped by a failure: start-up refused by a dependency, or a loop that cannot go on.
     pub const FAILURE: i32 = 1;
-    /// Wrong arguments.
-    pub const USAGE: i32 = 2;
+    // Wrong arguments: 2, clap's own.
     /// Invalid configuration (`EX_CONFIG` of sysexits.h).
     pub const CONFIG: i32 = 78;
 }
 
-const USAGE: &str = "\
-command-handler: the Open Bank command handler. Reads ConfirmAccountCreation and
-ConfirmMoneyTransfer commands from Kafka, applies them exactly once in PostgreSQL,
-and answers on Kafka. Configured by environment variables (see README.md):
-KAFKA_BROKERS, SCHEMA_REGISTRY_URL, DATABASE_URL or DB_HOSTNAME/DB_PORT/DB_PASSWORD,
-KAFKA_*_TOPIC, KAFKA_CLIENT_ID, KAFKA_SSL_*, KAFKA_SASL_*, SCHEMA_REGISTRY_API_KEY/SECRET,
-RDKAFKA_*, HTTP_PORT (health and metrics), RUST_LOG, LOG_FORMAT, ...
+/// The command line: which command, nothing else. The configuration is the
+/// environment's, listed in the help from its declaration (`config::variables_help`).
+#[derive(Parser)]
+#[command(
+    name = "command-handler",
+    version,
+    about = "The Open Bank command handler: ConfirmAccountCreation and ConfirmMoneyTransfer\n\
+             commands from Kafka, applied exactly once in PostgreSQL, answered on Kafka.",
+    override_usage = "command-handler [run]\n       command-handler check\n       \
+                      command-handler health [live|ready]",
+    disable_help_subcommand = true,
+    after_help = config::variables_help(),
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-usage:
-  command-handler             run until SIGTERM or SIGINT
-  command-handler check       validate the configuration, reach every dependency,
-                              print a report; exit 0 when all were reached
-  command-handler health [live|ready]
-                              ask the running handler's /health/live (default) or
-                              /health/ready on HTTP_PORT; exit 0 when it answers 200
-                              (the container image's health check)
-  command-handler --help      this text
-  command-handler --version   the version
-";
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Run until SIGTERM or SIGINT (the default)
+    Run,
+    /// Validate the configuration and reach every dependency; exit 0 when all answer
+    Check,
+    /// Ask the running handler's health on HTTP_PORT; exit 0 on 200 (image health check)
+    Health {
+        #[arg(value_enum, default_value = "live")]
+        probe: Probe,
+    },
+}
 
 fn main() {
     app::cap_malloc_arenas();
-    let argument = std::env::args().nth(1);
-    match argument.as_deref() {
-        Some("--help" | "-h") => {
-            print!("{USAGE}");
-            return;
+    // --help, --version and wrong arguments (exit 2) are clap's.
+    let command = Cli::parse().command.unwrap_or(Command::Run);
+    if let Command::Health { probe } = command {
+        let probed = config::http_address_from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|address| health_check::probe(address, probe));
+        if let Err(why) = probed {
+            eprintln!("command-handler health: {why}");
+            std::process::exit(exit::FAILURE);
         }
-        Some("--version" | "-V") => {
-            println!("command-handler {}", env!("CARGO_PKG_VERSION"));
-            return;
-        }
-        Some("health") => {
-            let Some(probe) = health_check::Probe::parse(std::env::args().nth(2).as_deref()) else {
-                eprint!("command-handler: health takes live or ready\n\n{USAGE}");
-                std::process::exit(exit::USAGE);
-            };
-            let address = config::http_address_from_env().unwrap_or_else(|e| {
-                eprintln!("command-handler health: {e}");
-                std::process::exit(1)
-            });
-            match health_check::probe(address, probe) {
-                Ok(()) => return,
-                Err(why) => {
-                    eprintln!("command-handler health: {why}");
-                    std::process::exit(1);
-                }
-            }
-        }
-        None | Some("check") => {}
-        Some(other) => {
-            eprint!("command-handler: unknown argument {other}\n\n{USAGE}");
-            std::process::exit(exit::USAGE);
-        }
+        return;
     }
-    app::init_logging();
-    let config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e, exit::CONFIG));
-    if argument.is_some() {
-        std::process::exit(if check::check(&config) {
+    let mut config = Config::from_env().unwrap_or_else(|e| app::exit_with(&e, exit::CONFIG));
+    logging::init(&config.logging);
+    if let Command::Check = command {
+        std::process::exit(if check::check(config) {
             0
         } else {
             exit::FAILURE
         });
+    }
+    if let Err(why) = config.load_tls() {
+        app::exit_with(&why, exit::CONFIG);
     }
     let outcome = match app::App::start(&config) {
         Ok(Some(running)) => running.wait(),
@@ -83,5 +77,40 @@ fn main() {
     };
     if let Err(why) = outcome {
         app::exit_with(&why, exit::FAILURE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_sound_and_run_is_the_default() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.command);
+        assert!(matches!(parse(&["command-handler"]), Ok(None)));
+        assert!(matches!(
+            parse(&["command-handler", "run"]),
+            Ok(Some(Command::Run))
+        ));
+        assert!(matches!(
+            parse(&["command-handler", "health"]),
+            Ok(Some(Command::Health { probe: Probe::Live }))
+        ));
+        assert!(matches!(
+            parse(&["command-handler", "health", "ready"]),
+            Ok(Some(Command::Health {
+                probe: Probe::Ready
+            }))
+        ));
+        for wrong in [
+            &["command-handler", "bogus"][..],
+            &["command-handler", "health", "up"],
+        ] {
+            let error = parse(wrong).err().unwrap();
+            assert_eq!(error.exit_code(), 2, "{wrong:?}");
+        }
     }
 }

@@ -178,40 +178,6 @@ pub fn cap_malloc_arenas() {
     }
 }
 
-/// Logging to stderr: `RUST_LOG` filters (default: `warn`, and `info` for the
-/// handler); `LOG_FORMAT=json` writes one JSON object per line instead of text.
-pub fn init_logging() {
-    use std::io::Write;
-
-    // RUST_LOG replaces the default rather than adding to it: merged, the default's
-    // `open_bank_command_handler=info` would outrank a plain `RUST_LOG=debug`.
-    let filters = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| "warn,open_bank_command_handler=info".to_string());
-    let mut builder = env_logger::Builder::new();
-    builder.parse_filters(&filters);
-    match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("json") => {
-            builder.format(|buf, record| {
-                let line = serde_json::json!({
-                    "time": buf.timestamp_millis().to_string(),
-                    "level": record.level().as_str(),
-                    "target": record.target(),
-                    "message": record.args().to_string(),
-                });
-                writeln!(buf, "{line}")
-            });
-        }
-        Ok("text") | Err(_) => {}
-        Ok(other) => {
-            eprintln!(
-                "command-handler: invalid configuration: LOG_FORMAT: must be text or json, not {other:?}"
-            );
-            std::process::exit(1);
-        }
-    }
-    builder.init();
-}
-
 /// Logs why the handler stops and exits with `code`; used by `main`.
 pub fn exit_with(message: &dyn std::fmt::Display, code: i32) -> ! {
     error!("{message}");

@@ -1,20 +1,30 @@
 //! Configuration from environment variables (SPEC §6), parsed once at start-up.
 //!
-//! Every variable of the JVM handler keeps its name and default. Invalid values stop
-//! start-up with one message naming the variable. Secrets live in [`Secret`], whose
-//! `Debug`/`Display` never show the value, so a logged `Config` cannot leak them.
+//! Every variable is declared once, in [`settings`]: name, type, range, default and
+//! help, parsed by clap. [`rules`] adds what spans several variables and builds the
+//! [`Config`] the handler reads. Every variable of the JVM handler keeps its name and
+//! default. Invalid values stop start-up with one message naming the variable. Secrets
+//! live in [`Secret`], whose `Debug`/`Display` never show the value, so a logged
+//! `Config` cannot leak them. The JVM handler's TLS stores are opened in a step of
+//! their own, [`Config::load_tls`], which `check` reports on.
 
 mod kafka;
+mod parsers;
+mod rules;
 pub mod secret;
+mod settings;
+mod source;
 pub(crate) mod tls_stores;
-mod vars;
 
 pub use self::kafka::{
     ClientCertificate, ClientScope, KafkaProperty, KafkaTls, SaslLogin, SaslMechanism, TlsFiles,
 };
-use self::kafka::{JVM_TLS_VARIABLES, kafka_properties};
 pub use self::secret::Secret;
-use self::vars::Vars;
+pub use self::settings::LogFormat;
+use self::settings::Settings;
+use self::source::Vars;
+pub use self::source::variables_help;
+pub use self::tls_stores::JvmStores;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topics {
@@ -86,6 +96,7 @@ pub struct RegistryCredentials {
     pub secret: Secret,
 }
 
+/// What the handler reads of its configuration, every value parsed and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub kafka_brokers: String,
@@ -121,6 +132,17 @@ pub struct Config {
     pub db_pool_size: u32,
     /// How the command consumers fetch.
     pub consumer: ConsumerTuning,
+    pub logging: Logging,
+}
+
+/// How the handler logs (`RUST_LOG`, `LOG_FORMAT`), for `crate::logging::init`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logging {
+    /// An `env_logger` filter. `RUST_LOG` replaces the default rather than adding to
+    /// it: merged, the default's `open_bank_command_handler=info` would outrank a plain
+    /// `RUST_LOG=debug`.
+    pub filter: String,
+    pub format: LogFormat,
 }
 
 /// An invalid variable: start-up stops with this message.
@@ -131,29 +153,14 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// Database name and user of the JVM deployments, reached through the DB_* trio.
+/// The database of the JVM deployments, reached through the DB_* variables.
 pub const DATABASE_NAME: &str = "balancedb";
-pub const DEFAULT_DB_USER: &str = "clojure_ch";
-/// The JVM deployments' default database password (`DB_PASSWORD`).
-const DEFAULT_DB_PASSWORD: &str = "open-bank";
-
-impl Default for Topics {
-    /// The JVM handler's topic names (SPEC §6), and the dead-letter topic's.
-    fn default() -> Self {
-        Topics {
-            account_creation_commands: "confirm_account_creation".into(),
-            account_creation_feedback: "account_creation_feedback".into(),
-            money_transfer_commands: "confirm_money_transfer".into(),
-            money_transfer_feedback: "money_transfer_feedback".into(),
-            balance_changed: "balance_changed".into(),
-            dead_letter: "command_handler_dead_letter".into(),
-        }
-    }
-}
 
 /// How the command consumers fetch: a few batches ahead is all a loop that waits on
 /// the database can use, and the memory stays bounded when the handler falls behind
-/// (see dev/bench). `RDKAFKA_CONSUMER_*` variables override each.
+/// (see dev/bench). No variable of its own sets these: they are the handler's defaults
+/// of librdkafka properties, and `RDKAFKA_CONSUMER_*` overrides each (set after them),
+/// as the README says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerTuning {
     /// `queued.max.messages.kbytes` (librdkafka's default: 64 MB per partition).
@@ -182,153 +189,34 @@ impl Default for ConsumerTuning {
     }
 }
 
-impl Default for Config {
-    /// What an empty environment gives: the JVM handler's defaults (SPEC §6), and this
-    /// handler's own for what it added.
-    fn default() -> Self {
-        Config {
-            kafka_brokers: "127.0.0.1:9092".into(),
-            schema_registry_url: Secret::new("http://localhost:8081"),
-            database_url: Secret::new(vars::connection_string(
-                "localhost",
-                5432,
-                DEFAULT_DB_USER,
-                DEFAULT_DB_PASSWORD,
-            )),
-            topics: Topics::default(),
-            client_id: "command-handler".into(),
-            tls: None,
-            jvm_stores_ignored: false,
-            sasl: None,
-            registry_credentials: None,
-            http_address: None,
-            liveness_stall: std::time::Duration::from_secs(120),
-            kafka_properties: Vec::new(),
-            batch_size: 100,
-            dead_letter_partitions: None,
-            dead_letter_replication: None,
-            register_schemas: false,
-            // 0: a batch's records are handed to the producer together and the consumer
-            // waits for their acknowledgement, so lingering only adds latency (dev/bench).
-            producer_linger_ms: 0,
-            db_pool_size: 4,
-            consumer: ConsumerTuning::default(),
-        }
-    }
-}
-
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
-        // Variables whose name or value is not Unicode are none of ours.
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-        Config::from_vars(vars)
+        Config::from_vars(unicode_env())
     }
 
     /// Parses the configuration from any set of variables (tests pass their own, so no
-    /// test touches the process environment).
+    /// test touches the process environment). The TLS stores are not opened yet.
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let all: std::collections::HashMap<String, String> = vars.into_iter().collect();
-        let lookup = |name: &str| all.get(name).cloned();
-        let vars = Vars(&lookup);
-        let d = Config::default();
-        let topics = Topics {
-            account_creation_commands: vars
-                .topic("KAFKA_CAC_TOPIC", &d.topics.account_creation_commands)?,
-            account_creation_feedback: vars
-                .topic("KAFKA_ACF_TOPIC", &d.topics.account_creation_feedback)?,
-            money_transfer_commands: vars
-                .topic("KAFKA_CMT_TOPIC", &d.topics.money_transfer_commands)?,
-            money_transfer_feedback: vars
-                .topic("KAFKA_MTF_TOPIC", &d.topics.money_transfer_feedback)?,
-            balance_changed: vars.topic("KAFKA_BC_TOPIC", &d.topics.balance_changed)?,
-            dead_letter: vars.topic("KAFKA_DEAD_LETTER_TOPIC", &d.topics.dead_letter)?,
-        };
-        if topics.account_creation_commands == topics.money_transfer_commands {
-            return Err(ConfigError {
-                variable: "KAFKA_CMT_TOPIC".into(),
-                problem: "must differ from KAFKA_CAC_TOPIC".into(),
-            });
-        }
-
-        let schema_registry_url =
-            vars.text("SCHEMA_REGISTRY_URL", d.schema_registry_url.expose())?;
-        if !(schema_registry_url.starts_with("http://")
-            || schema_registry_url.starts_with("https://"))
-        {
-            return Err(ConfigError {
-                variable: "SCHEMA_REGISTRY_URL".into(),
-                problem: "must start with http:// or https://".into(),
-            });
-        }
-
-        // PEM files win over the JVM stores when both are given: whoever added the
-        // KAFKA_SSL_* variables to the JVM handler's environment meant them.
-        // The ignored stores are not even opened.
-        let mut jvm_stores_ignored = false;
-        let tls = match vars.tls()? {
-            Some(files) => {
-                jvm_stores_ignored = JVM_TLS_VARIABLES
-                    .iter()
-                    .any(|name| vars.get(name).is_some());
-                Some(KafkaTls::Pem(files))
-            }
-            None => vars.jvm_stores()?.map(KafkaTls::JvmStores),
-        };
-
-        Ok(Config {
-            kafka_brokers: vars.text("KAFKA_BROKERS", &d.kafka_brokers)?,
-            schema_registry_url: Secret::new(schema_registry_url),
-            database_url: vars.database_url()?,
-            topics,
-            client_id: vars.text("KAFKA_CLIENT_ID", &d.client_id)?,
-            tls,
-            jvm_stores_ignored,
-            sasl: vars.sasl()?,
-            registry_credentials: vars.registry_credentials()?,
-            http_address: vars.http_address()?,
-            liveness_stall: std::time::Duration::from_secs(vars.number(
-                "HTTP_LIVENESS_STALL_SECONDS",
-                d.liveness_stall.as_secs(),
-                1,
-                3600,
-            )?),
-            kafka_properties: kafka_properties(&all)?,
-            batch_size: vars.number("COMMAND_BATCH_SIZE", d.batch_size as u64, 1, 1000)? as usize,
-            dead_letter_partitions: vars.optional_number(
-                "KAFKA_DEAD_LETTER_PARTITIONS",
-                1,
-                10_000,
-            )?,
-            dead_letter_replication: vars.optional_number(
-                "KAFKA_DEAD_LETTER_REPLICATION",
-                1,
-                32,
-            )?,
-            register_schemas: vars.flag("SCHEMA_REGISTRY_AUTO_REGISTER", d.register_schemas)?,
-            producer_linger_ms: vars.number(
-                "KAFKA_LINGER_MS",
-                d.producer_linger_ms.into(),
-                0,
-                60_000,
-            )? as u32,
-            db_pool_size: vars.number("DB_POOL_SIZE", d.db_pool_size.into(), 2, 100)? as u32,
-            consumer: d.consumer,
-        })
+        let vars = Vars::new(vars);
+        Settings::from_vars(&vars)?.into_config(&vars)
     }
-}
 
-/// Where the handler serves health and metrics, from `HTTP_PORT` and `HTTP_BIND_ADDRESS`
-/// alone: the `health` command must not fail because of an unrelated variable (or a TLS
-/// store being rotated).
-pub fn http_address_from_env() -> Result<Option<std::net::SocketAddr>, ConfigError> {
-    let lookup = |name: &str| std::env::var(name).ok();
-    Vars(&lookup).http_address()
-}
+    /// Opens the JVM handler's keytool stores when they are the TLS in use: a wrong
+    /// password, a legacy JKS store or a truststore in the keystore's place is an error
+    /// naming the variable. Start-up calls it before any Kafka client is made (and
+    /// exits 78 on an error); `check` reports it as a line of its own.
+    pub fn load_tls(&mut self) -> Result<(), ConfigError> {
+        match &mut self.tls {
+            Some(KafkaTls::JvmStores(stores)) => stores.open().map_err(|e| ConfigError {
+                variable: e.variable.into(),
+                problem: e.problem,
+            }),
+            _ => Ok(()),
+        }
+    }
 
-impl Config {
     /// How the clients reach the brokers, for logs and the `check` report.
     pub fn kafka_security(&self) -> String {
         let tls = match &self.tls {
@@ -352,5 +240,30 @@ impl Config {
     }
 }
 
+/// Where the handler serves health and metrics, from `HTTP_PORT` and `HTTP_BIND_ADDRESS`
+/// alone: the `health` command must not fail because of an unrelated variable (or a TLS
+/// store being rotated). The other declared variables take their defaults.
+pub fn http_address_from_env() -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    http_address_from(unicode_env())
+}
+
+fn http_address_from(
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let http = ["HTTP_PORT", "HTTP_BIND_ADDRESS"];
+    let vars = Vars::new(vars.filter(|(name, _)| http.contains(&name.as_str())));
+    Settings::from_vars(&vars)?.http_address(&vars)
+}
+
+/// The process environment; variables whose name or value is not Unicode are none of
+/// ours.
+fn unicode_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
+#[cfg(test)]
+mod declaration_tests;
+#[cfg(test)]
+mod readme_tests;
 #[cfg(test)]
 mod tests;

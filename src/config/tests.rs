@@ -1,9 +1,9 @@
-//! The configuration's parsing, from sets of variables (the process environment is
-//! never touched).
+//! The rules across variables, from sets of variables (the process environment is
+//! never touched; see `source` for how).
 
 use super::*;
 
-fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+pub(super) fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
 }
 
@@ -168,12 +168,13 @@ fn pem_files_win_over_the_jvm_stores_which_are_not_even_opened() {
         ("KAFKA_SSL_CERT_LOCATION", file),
         ("KAFKA_SSL_KEY_LOCATION", file),
     ]);
-    let config = parse(&vars).unwrap();
+    let mut config = parse(&vars).unwrap();
     assert!(
         matches!(config.tls, Some(KafkaTls::Pem(_))),
         "{:?}",
         config.tls
     );
+    assert_eq!(config.load_tls(), Ok(()));
     assert!(config.jvm_stores_ignored);
     assert!(
         config
@@ -184,10 +185,20 @@ fn pem_files_win_over_the_jvm_stores_which_are_not_even_opened() {
 }
 
 #[test]
-fn jvm_store_names_resolve_under_the_stores_directory() {
+fn jvm_store_names_resolve_under_the_stores_directory_and_open_only_when_loaded() {
     let mut vars = JVM_STORES.to_vec();
     vars.push(("SSL_STORES_DIRECTORY", "/nonexistent/secrets"));
-    let error = parse(&vars).unwrap_err();
+    // Parsing records where the stores are; it opens nothing.
+    let mut config = parse(&vars).unwrap();
+    let Some(KafkaTls::JvmStores(stores)) = &config.tls else {
+        panic!("the JVM stores expected: {:?}", config.tls)
+    };
+    assert_eq!(
+        stores.keystore,
+        std::path::Path::new("/nonexistent/secrets/kafka.command-handler.keystore.jks")
+    );
+    assert_eq!(stores.trusted_pem, None);
+    let error = config.load_tls().unwrap_err();
     assert_eq!(error.variable, "SSL_KEYSTORE_LOCATION");
     assert!(
         error
@@ -196,7 +207,7 @@ fn jvm_store_names_resolve_under_the_stores_directory() {
         "{error}"
     );
     // Without the override: where the JVM handler's image mounts them.
-    let error = parse(&JVM_STORES).unwrap_err();
+    let error = parse(&JVM_STORES).unwrap().load_tls().unwrap_err();
     assert!(
         error
             .problem
@@ -298,9 +309,4 @@ fn secrets_never_print() {
     let printed = format!("{config:?} {}", config.database_url);
     assert!(!printed.contains("hunter2"), "{printed}");
     assert!(!printed.contains("s3cret"), "{printed}");
-}
-
-#[test]
-fn an_empty_environment_gives_the_defaults() {
-    assert_eq!(parse(&[]).unwrap(), Config::default());
 }

@@ -14,18 +14,18 @@ use openssl::pkcs12::Pkcs12;
 
 use crate::config::Secret;
 
-/// Where the JVM handler's images mount the stores, and so where relative names
-/// (`kafka.command-handler.keystore.jks`) are looked up.
-pub const DEFAULT_STORES_DIRECTORY: &str = "/etc/kafka/secrets";
-
-/// The JVM handler's TLS settings, with both stores opened and checked.
+/// The JVM handler's TLS settings: where its stores are and their one password, as
+/// the variables name them. Parsing records them; [`JvmStores::open`] (start-up and
+/// `check`, through `Config::load_tls`) opens both, so that a store that cannot be
+/// used is reported as such rather than as a configuration that cannot be parsed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JvmStores {
     pub keystore: PathBuf,
     pub truststore: PathBuf,
     pub password: Secret,
-    /// The truststore's certificates, PEM-encoded, for `ssl.ca.pem`.
-    pub trusted_pem: String,
+    /// The truststore's certificates, PEM-encoded, for `ssl.ca.pem`; None until the
+    /// stores are opened.
+    pub trusted_pem: Option<String>,
 }
 
 impl fmt::Debug for JvmStores {
@@ -34,7 +34,8 @@ impl fmt::Debug for JvmStores {
             .field("keystore", &self.keystore)
             .field("truststore", &self.truststore)
             .field("password", &self.password)
-            .finish_non_exhaustive()
+            .field("opened", &self.trusted_pem.is_some())
+            .finish()
     }
 }
 
@@ -56,14 +57,38 @@ pub fn resolve(name: &str, directory: &Path) -> PathBuf {
     }
 }
 
+impl JvmStores {
+    pub(super) fn declared(keystore: PathBuf, truststore: PathBuf, password: Secret) -> Self {
+        JvmStores {
+            keystore,
+            truststore,
+            password,
+            trusted_pem: None,
+        }
+    }
+
+    /// Opens both stores (see [`open`]) and keeps the truststore's certificates.
+    pub fn open(&mut self) -> Result<(), StoreError> {
+        for (variable, path) in [
+            ("SSL_KEYSTORE_LOCATION", &self.keystore),
+            ("SSL_TRUSTSTORE_LOCATION", &self.truststore),
+        ] {
+            if !path.is_file() {
+                return Err(StoreError {
+                    variable,
+                    problem: format!("{} is not a readable file", path.display()),
+                });
+            }
+        }
+        self.trusted_pem = Some(open(&self.keystore, &self.truststore, &self.password)?);
+        Ok(())
+    }
+}
+
 /// Opens both stores with `password`: the keystore must hold a private key and its
-/// certificate, the truststore at least one certificate.
-pub fn open(
-    keystore: PathBuf,
-    truststore: PathBuf,
-    password: Secret,
-) -> Result<JvmStores, StoreError> {
-    let key_store = read_pkcs12("SSL_KEYSTORE_LOCATION", &keystore, &password)?;
+/// certificate, the truststore at least one certificate, which come back as PEM.
+fn open(keystore: &Path, truststore: &Path, password: &Secret) -> Result<String, StoreError> {
+    let key_store = read_pkcs12("SSL_KEYSTORE_LOCATION", keystore, password)?;
     if key_store.pkey.is_none() || key_store.cert.is_none() {
         return Err(StoreError {
             variable: "SSL_KEYSTORE_LOCATION",
@@ -73,7 +98,7 @@ pub fn open(
             ),
         });
     }
-    let trust_store = read_pkcs12("SSL_TRUSTSTORE_LOCATION", &truststore, &password)?;
+    let trust_store = read_pkcs12("SSL_TRUSTSTORE_LOCATION", truststore, password)?;
     // keytool's trusted-certificate entries come out as the "other" certificates.
     let mut trusted_pem = String::new();
     let certificates = trust_store
@@ -97,12 +122,7 @@ pub fn open(
             problem: format!("{} holds no certificate", truststore.display()),
         });
     }
-    Ok(JvmStores {
-        keystore,
-        truststore,
-        password,
-        trusted_pem,
-    })
+    Ok(trusted_pem)
 }
 
 fn read_pkcs12(

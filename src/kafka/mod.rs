@@ -37,12 +37,17 @@ pub fn client_config(config: &Config) -> ClientConfig {
     };
     client.set("security.protocol", protocol);
     if let Some(KafkaTls::JvmStores(stores)) = &config.tls {
+        // Without the truststore's certificates the brokers' could not be checked.
+        let trusted = stores
+            .trusted_pem
+            .as_deref()
+            .expect("start-up opens the stores (Config::load_tls) before any Kafka client");
         // As the JVM clients of the Open Bank stack: the stores' one password, and no
         // hostname check (its brokers' certificates name no host to check against).
         client
             .set("ssl.keystore.location", stores.keystore.to_string_lossy())
             .set("ssl.keystore.password", stores.password.expose())
-            .set("ssl.ca.pem", &stores.trusted_pem)
+            .set("ssl.ca.pem", trusted)
             .set("ssl.endpoint.identification.algorithm", "none");
     }
     if let Some(KafkaTls::Pem(tls)) = &config.tls {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, KafkaTls};
 use crate::db::Database;
 use crate::kafka::topics::StartupAdmin;
 use crate::ops::probe;
@@ -20,9 +20,26 @@ struct Line {
     detail: String,
 }
 
-/// Prints the report; true when every dependency was reached.
-pub fn check(config: &Config) -> bool {
-    let lines = [database(config), registry(config), kafka(config)];
+/// Prints the report; true when every dependency was reached. The JVM handler's TLS
+/// stores, when they are the TLS in use, are opened here (`Config::load_tls`) and
+/// reported as a line of their own; Kafka is not tried without them.
+pub fn check(mut config: Config) -> bool {
+    let stores = tls_stores(&mut config);
+    let kafka = match &stores {
+        Some(Line { ok: false, .. }) => {
+            Line::new("kafka", Err("not tried without the TLS stores".into()))
+        }
+        _ => kafka(&config),
+    };
+    let lines: Vec<Line> = [
+        Some(database(&config)),
+        Some(registry(&config)),
+        stores,
+        Some(kafka),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     println!(
         "configuration: ok (group {}, security {})",
         config.client_id,
@@ -37,6 +54,23 @@ pub fn check(config: &Config) -> bool {
         );
     }
     lines.iter().all(|line| line.ok)
+}
+
+/// The stores' line, when the JVM handler's stores are the TLS in use.
+fn tls_stores(config: &mut Config) -> Option<Line> {
+    let Some(KafkaTls::JvmStores(stores)) = &config.tls else {
+        return None;
+    };
+    let opened = format!(
+        "opened {} and {}",
+        stores.keystore.display(),
+        stores.truststore.display()
+    );
+    let verdict = config
+        .load_tls()
+        .map(|()| opened)
+        .map_err(|e| format!("{}: {}", e.variable, e.problem));
+    Some(Line::new("kafka tls stores", verdict))
 }
 
 fn database(config: &Config) -> Line {

@@ -6,22 +6,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-/// Which endpoint the `health` command asks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which endpoint the `health` command asks (its argument, `live` or `ready`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Probe {
+    /// `/health/live`: the process runs and its loops make progress
     Live,
+    /// `/health/ready`: every dependency answers
     Ready,
 }
 
 impl Probe {
-    pub fn parse(argument: Option<&str>) -> Option<Probe> {
-        match argument {
-            None | Some("live") => Some(Probe::Live),
-            Some("ready") => Some(Probe::Ready),
-            Some(_) => None,
-        }
-    }
-
     fn path(self) -> &'static str {
         match self {
             Probe::Live => "/health/live",
@@ -73,12 +67,14 @@ mod tests {
             .http_address
     }
 
+    /// The default (`live`) is declared with the `health` command, in main.rs.
     #[test]
-    fn live_by_default_ready_on_request_nothing_else() {
-        assert_eq!(Probe::parse(None), Some(Probe::Live));
-        assert_eq!(Probe::parse(Some("live")), Some(Probe::Live));
-        assert_eq!(Probe::parse(Some("ready")), Some(Probe::Ready));
-        assert_eq!(Probe::parse(Some("--ready")), None);
+    fn live_or_ready_nothing_else() {
+        use clap::ValueEnum;
+        assert_eq!(Probe::from_str("live", false), Ok(Probe::Live));
+        assert_eq!(Probe::from_str("ready", false), Ok(Probe::Ready));
+        assert!(Probe::from_str("--ready", false).is_err());
+        assert!(Probe::from_str("Ready", false).is_err());
     }
 
     #[test]

@@ -292,19 +292,10 @@ impl AnswerEncoder {
 mod tests {
     use super::*;
 
-    #[test]
-    fn subjects_use_the_full_record_name() {
-        let record = OutputRecord::MoneyTransferFailed {
-            id: Uuid::nil(),
-            reason: "x".into(),
-        };
-        assert_eq!(record.full_name(), "nl.openweb.data.MoneyTransferFailed");
-    }
-
-    #[test]
-    fn output_fields_validate_against_their_schema() {
+    /// One record of each kind.
+    fn every_record() -> [OutputRecord; 5] {
         let id = Uuid::new_v4();
-        let records = [
+        [
             OutputRecord::AccountCreationConfirmed {
                 id,
                 iban: "NL66OPEN0000000000".into(),
@@ -327,8 +318,27 @@ mod tests {
                 from_to: "cash".into(),
                 description: "d".into(),
             }),
-        ];
-        for record in records {
+        ]
+    }
+
+    #[test]
+    fn subjects_use_the_full_name_of_the_record_the_schema_declares() {
+        for record in every_record() {
+            let Schema::Record(declared) = record.schema() else {
+                panic!("{record:?}: not a record schema");
+            };
+            assert_eq!(
+                record.full_name(),
+                declared.name.fullname(None),
+                "{record:?}"
+            );
+            assert_eq!(declared.name.namespace(), Some("nl.openweb.data"));
+        }
+    }
+
+    #[test]
+    fn output_fields_validate_against_their_schema() {
+        for record in every_record() {
             let fields = record
                 .fields()
                 .into_iter()

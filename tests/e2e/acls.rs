@@ -19,12 +19,12 @@ fn an_output_topic_it_may_not_write_to_stops_start_up_and_check_names_it() {
     stack.deny_sasl_user("Write", &dead_letters);
 
     let (status, report) = env.run_check(&over_sasl(stack));
-    assert!(!status.success(), "check passed:\n{report}");
+    assert_eq!(status.code(), Some(1), "check did not fail:\n{report}");
     assert!(
         report.contains(&format!("may not write to {dead_letters}")),
         "{report}"
     );
-    let log = env.start_expecting_refusal(&over_sasl(stack));
+    let log = env.start_expecting_refusal(&over_sasl(stack), 1);
     assert!(
         log.contains(&format!("this handler may not write to {dead_letters}")),
         "{log}"

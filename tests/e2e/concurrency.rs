@@ -47,6 +47,16 @@ fn concurrent_transfers_from_one_account_never_pass_the_limit() {
     env.flush();
     let ids: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
     env.await_answers(&ids);
+    // An id sent twice is answered twice, the same way (SPEC §5.1).
+    env.barrier();
+    for command in &twice {
+        assert!(
+            env.answers_to(command.id).len() >= 2,
+            "{} was sent twice and answered {} times",
+            command.id,
+            env.answers_to(command.id).len()
+        );
+    }
 
     let mut confirmed_total = 0;
     let mut confirmed = HashSet::new();

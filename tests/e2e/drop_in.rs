@@ -4,8 +4,7 @@
 //! the handler, and a dead-letter topic the handler creates itself. The broker's
 //! `OPENBANK` listener and the certificates are made the stack's way by dev/stack.
 
-use std::time::Duration;
-
+use crate::barrier::wait_until;
 use crate::harness::*;
 
 /// JVM-style writer schemas of the five output subjects (Java string properties), as
@@ -146,14 +145,9 @@ fn the_jvm_handlers_environment_and_stores_work_unchanged() {
     );
     env.send_raw(&env.topics.cmt.clone(), Some(b"poison"), Some(b"not avro"));
     env.flush();
-    let deadline = std::time::Instant::now() + WAIT;
-    while env.records_in(&dead_letters) < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no dead letter in {dead_letters}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(&format!("a dead letter in {dead_letters}"), WAIT, || {
+        env.records_in(&dead_letters) >= 1
+    });
 
     env.handler(handler).stop_cleanly();
     let log = env.handler(handler).log();
@@ -215,7 +209,7 @@ fn a_wrong_password_or_a_legacy_store_stops_start_up_with_a_clear_message() {
     let open_bank = &env.stack.open_bank;
     let wrong = jvm_tls(open_bank, "not-the-store-password-5519");
     let (status, text) = env.run_check(&as_overrides(&wrong));
-    assert!(!status.success(), "{text}");
+    assert_eq!(status.code(), Some(1), "{text}");
     assert!(text.contains("SSL_KEYSTORE_LOCATION"), "{text}");
     assert!(
         text.contains("cannot be opened with SSL_PASSWORD"),
@@ -226,7 +220,7 @@ fn a_wrong_password_or_a_legacy_store_stops_start_up_with_a_clear_message() {
 
     let mut legacy = jvm_tls(open_bank, &open_bank.password);
     legacy[1].1 = "legacy.command-handler.keystore.jks".to_string();
-    let log = env.start_expecting_refusal(&as_overrides(&legacy));
+    let log = env.start_expecting_refusal(&as_overrides(&legacy), 78);
     assert!(log.contains("is a legacy JKS store"), "{log}");
     assert!(log.contains("keytool -importkeystore"), "{log}");
     assert!(log.contains("KAFKA_SSL_*"), "{log}");
@@ -245,7 +239,7 @@ fn a_missing_or_unusable_subject_stops_start_up_naming_it() {
             "MoneyTransferFailed",
         ],
     );
-    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
+    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")], 1);
     let subject = format!("{}-nl.openweb.data.BalanceChanged", env.topics.bc);
     assert!(
         log.contains(&format!("subject {subject} is not registered")),
@@ -256,7 +250,7 @@ fn a_missing_or_unusable_subject_stops_start_up_naming_it() {
     // Registered now, but with a field the handler has no value for.
     let schema = r#"{"type":"record","name":"BalanceChanged","namespace":"nl.openweb.data","fields":[{"name":"iban","type":"string"},{"name":"new_balance","type":"long"},{"name":"changed_by","type":"long"},{"name":"from_to","type":"string"},{"name":"description","type":"string"},{"name":"branch","type":"string"}]}"#;
     env.register(&env.topics.bc.clone(), "BalanceChanged", schema);
-    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")]);
+    let log = env.start_expecting_refusal(&[("SCHEMA_REGISTRY_AUTO_REGISTER", "")], 1);
     assert!(
         log.contains(&format!(
             "the latest schema of subject {subject} cannot encode"
@@ -272,10 +266,13 @@ fn a_dead_letter_topic_the_brokers_refuse_to_create_stops_start_up() {
     let mut env = TestEnv::new("dlq_refused");
     let dead_letters = format!("{}.dead-letters", env.name);
     // Three replicas on a one-broker cluster: the broker says no.
-    let log = env.start_expecting_refusal(&[
-        ("KAFKA_DEAD_LETTER_TOPIC", dead_letters.as_str()),
-        ("KAFKA_DEAD_LETTER_REPLICATION", "3"),
-    ]);
+    let log = env.start_expecting_refusal(
+        &[
+            ("KAFKA_DEAD_LETTER_TOPIC", dead_letters.as_str()),
+            ("KAFKA_DEAD_LETTER_REPLICATION", "3"),
+        ],
+        1,
+    );
     assert!(
         log.contains(&format!(
             "the dead-letter topic {dead_letters} does not exist and the brokers refused to create it"

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::barrier::wait_until;
 use crate::harness::*;
 
 /// Commands for a few accounts: cash deposits and transfers between them, so that
@@ -90,7 +91,7 @@ fn check_invariants(
         events_read += new.iter().filter(|o| o.topic == bc).count();
         events_read >= total
     });
-    env.collect_for(Duration::from_secs(1));
+    env.barrier();
     let mut seen: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();
     for event in env.on_topic(&bc) {
         let triple = (
@@ -423,17 +424,15 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
     }
     env.flush();
     // The eighth failed attempt comes 12.7 s after the first: well past the interval.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !instances
-        .iter()
-        .any(|i| env.handler(*i).log().contains("(attempt 8)"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no instance retried eight times"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "an instance to retry eight times",
+        Duration::from_secs(60),
+        || {
+            instances
+                .iter()
+                .any(|i| env.handler(*i).log().contains("(attempt 8)"))
+        },
+    );
     diesel::connection::SimpleConnection::batch_execute(
         &mut admin,
         "ALTER TABLE cmt_away RENAME TO cmt",
@@ -441,7 +440,7 @@ fn an_outage_longer_than_the_poll_interval_sets_off_no_rebalance() {
     .unwrap();
 
     env.await_answers(&during.iter().map(|c| c.id).collect::<Vec<_>>());
-    env.collect_for(Duration::from_secs(2));
+    env.barrier();
     for command in warm_up.iter().chain(&during) {
         assert_eq!(
             env.answers_to(command.id).len(),
@@ -489,19 +488,13 @@ fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
     let command = TransferCmd::new("", 2, "cash", &iban);
     env.send_transfer(&command);
     env.flush();
-    let deadline = std::time::Instant::now() + WAIT;
-    while count(
-        &mut env.admin_db(),
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    ) == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the handler never waited for the locked account"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the handler to wait for the locked account", WAIT, || {
+        count(
+            &mut env.admin_db(),
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        ) > 0
+    });
     private.freeze("kafka");
     lock.batch_execute("COMMIT").unwrap();
 
@@ -518,7 +511,7 @@ fn an_acknowledgement_that_does_not_come_shows_and_loses_nothing() {
 
     env.await_answer(command.id);
     http_until(&ready, "ready again", |r| r.status == 200);
-    env.collect_for(Duration::from_secs(2));
+    env.barrier();
     assert_eq!(env.answers_to(command.id).len(), 1, "answered once");
     assert_eq!(env.amount(&iban), Some(2));
     let log = env.handler(handler).log();

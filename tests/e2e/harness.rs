@@ -722,14 +722,16 @@ impl TestEnv {
     }
 
     /// Starts a handler that must refuse to start: waits for it to exit, fails the test
-    /// if it exits 0, and returns its log.
-    pub fn start_expecting_refusal(&mut self, overrides: &[(&str, &str)]) -> String {
+    /// unless it exits with `code` (1: a dependency refused, 78: invalid configuration),
+    /// and returns its log.
+    pub fn start_expecting_refusal(&mut self, overrides: &[(&str, &str)], code: i32) -> String {
         let index = self.start_handler(overrides);
         let status = self.handler(index).wait_exit(WAIT);
         let log = self.handler(index).log();
-        assert!(
-            !status.success(),
-            "the handler started and exited 0:\n{log}"
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "the handler was to refuse to start with exit code {code}:\n{log}"
         );
         log
     }
@@ -894,15 +896,6 @@ impl TestEnv {
         }
     }
 
-    /// Reads whatever arrives during `quiet` (to check that nothing more comes).
-    pub fn collect_for(&mut self, quiet: Duration) -> &[Output] {
-        let until = Instant::now() + quiet;
-        while Instant::now() < until {
-            self.read_available(Duration::from_millis(100));
-        }
-        &self.outputs
-    }
-
     /// Per output partition: the last offset read and the broker's high watermark.
     fn read_positions(&self) -> String {
         let mut lines = vec![format!(
@@ -1021,13 +1014,21 @@ impl TestEnv {
     /// How many records `topic` holds (the sum of its partitions' high watermarks).
     pub fn records_in(&self, topic: &str) -> i64 {
         (0..self.partitions_of(topic).unwrap_or(0))
-            .map(|partition| {
-                self.collector
-                    .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                    .map(|(_, high)| high)
-                    .unwrap_or(0)
-            })
+            .map(|partition| self.high_watermark(topic, partition))
             .sum()
+    }
+
+    /// The offset after the last record of `topic`'s `partition`.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        self.collector
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .unwrap_or_else(|e| panic!("no watermarks of {topic}/{partition}: {e}"))
+    }
+
+    /// The topics the handler writes to.
+    pub fn output_topics(&self) -> Vec<String> {
+        self.topics.outputs().into_iter().cloned().collect()
     }
 
     pub fn outputs(&self) -> &[Output] {
@@ -1222,18 +1223,16 @@ impl Handler {
 
     /// Waits for the process to exit, failing the test after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.exit = Some(status);
-                return status;
-            }
-            if Instant::now() > deadline {
-                self.print_log_tail(40);
-                panic!("handler {} did not exit within {limit:?}", self.pid());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let waiting = format!("handler {} to exit", self.pid());
+        let status = crate::barrier::poll_until(&waiting, limit, Duration::from_millis(50), || {
+            self.child.try_wait().unwrap().ok_or_else(|| {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            })
+        });
+        self.exit = Some(status);
+        status
     }
 
     /// SIGTERM, then fails the test unless the handler exits 0 within 30 s.
@@ -1251,18 +1250,19 @@ impl Handler {
     /// Waits until the log satisfies `done`, failing the test at the deadline or if the
     /// handler exits first.
     pub fn wait_for_log_where(&mut self, what: &str, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !done(&self.log()) {
+        let waiting = format!("the handler to log {what}");
+        crate::barrier::poll_until(&waiting, WAIT, Duration::from_millis(50), || {
+            let log = self.log();
+            if done(&log) {
+                return Ok(());
+            }
             if let Some(status) = self.child.try_wait().unwrap() {
                 self.print_log_tail(40);
                 panic!("handler exited ({status}) before logging {what}");
             }
-            if Instant::now() > deadline {
-                self.print_log_tail(40);
-                panic!("handler did not log {what} in time");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        })
     }
 
     /// Where the handler serves HTTP, from its start-up line (waits for it).
@@ -1316,7 +1316,6 @@ pub fn http(method: &str, url: &str) -> HttpReply {
     }
 }
 
-/// Polls `url` until `done` holds for a reply, or fails the test with the last one.
 /// The number a `SELECT count(*) AS n …` query answers.
 pub fn count(conn: &mut PgConnection, query: &str) -> i64 {
     #[derive(QueryableByName)]
@@ -1330,21 +1329,17 @@ pub fn count(conn: &mut PgConnection, query: &str) -> i64 {
         .n
 }
 
+/// Polls `url` until `done` holds for a reply, or fails the test with the last one.
 pub fn http_until(url: &str, what: &str, done: impl Fn(&HttpReply) -> bool) -> HttpReply {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let waiting = format!("{what} at {url}");
+    crate::barrier::poll_until(&waiting, WAIT, Duration::from_millis(200), || {
         let reply = http("GET", url);
         if done(&reply) {
-            return reply;
+            Ok(reply)
+        } else {
+            Err(format!("{} {}", reply.status, reply.body))
         }
-        if Instant::now() > deadline {
-            panic!(
-                "{what}: not seen at {url} in time; last reply {}:\n{}",
-                reply.status, reply.body
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 /// The value of the sample `name{labels}` (labels as exposed, in order) in a Prometheus

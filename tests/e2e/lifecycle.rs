@@ -1,7 +1,6 @@
 //! Start-up, configuration and shutdown.
 
 use std::process::Command;
-use std::time::Duration;
 
 use diesel::{RunQueryDsl, connection::SimpleConnection};
 use uuid::Uuid;
@@ -30,7 +29,7 @@ fn sigterm_finishes_commits_and_exits_zero() {
     env.start_handler(&[]);
     let late = TransferCmd::new("", 1, "cash", &iban);
     assert_eq!(env.transfer(&late), None);
-    env.collect_for(Duration::from_secs(2));
+    env.barrier();
     for command in &early {
         assert_eq!(env.answers_to(command.id).len(), 1, "answered once");
     }
@@ -113,8 +112,9 @@ fn starts_on_a_database_the_jvm_handler_filled() {
 
 #[test]
 fn invalid_configuration_stops_start_up_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)]); 3] = [
+    let cases: [(&str, &[(&str, &str)]); 4] = [
         ("DB_PORT", &[("DB_PORT", "fifty")]),
+        ("LOG_FORMAT", &[("LOG_FORMAT", "xml")]),
         (
             "KAFKA_MTF_TOPIC",
             &[("KAFKA_MTF_TOPIC", "no spaces allowed")],
@@ -134,7 +134,11 @@ fn invalid_configuration_stops_start_up_naming_the_variable() {
             .envs(vars.iter().copied())
             .output()
             .unwrap();
-        assert!(!output.status.success(), "{vars:?} must stop start-up");
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{vars:?} must stop start-up as invalid configuration"
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains(&format!("invalid configuration: {variable}:")),
@@ -149,7 +153,12 @@ fn database_password_never_appears_in_logs() {
     let stack = Stack::get();
     // A wrong password (authentication fails), and one libpq cannot even parse (its
     // error quotes the offending part of the URL).
-    for password in ["Pw-never-in-logs-31337", "ab%zz-never-in-logs-31337"] {
+    // The reason each is refused: by the server, and by libpq's URL parser (whose
+    // message would quote the password, hence scrubbed).
+    for (password, reason) in [
+        ("Pw-never-in-logs-31337", "password authentication failed"),
+        ("ab%zz-never-in-logs-31337", "<redacted>"),
+    ] {
         let url = format!(
             "postgres://clojure_ch:{password}@{}:{}/{}",
             stack.db_host, stack.db_port, env.database
@@ -158,15 +167,8 @@ fn database_password_never_appears_in_logs() {
         // The failure is retried and logged; the password must not be.
         env.handler(index).wait_for_log("database not ready");
         // The retry's reason, as libpq gave it, scrubbed.
-        env.handler(index)
-            .wait_for_log_where("the reason of the refusal", |log| {
-                log.contains("<redacted>") || log.contains("password authentication failed")
-            });
+        env.handler(index).wait_for_log(reason);
         let log = env.handler(index).log();
-        assert!(
-            log.contains("<redacted>") || log.contains("password authentication failed"),
-            "{log}"
-        );
         assert!(
             !log.contains(password),
             "the password leaked into the log:\n{log}"
@@ -304,6 +306,19 @@ fn check_reaches_every_dependency_and_exits_by_the_verdict() {
         help.status.success()
             && String::from_utf8_lossy(&help.stdout).contains("command-handler check")
     );
+    // Wrong arguments are a usage error, exit 2, before any configuration is read.
+    for wrong in [&["--bogus"][..], &["health", "up"], &["check", "extra"]] {
+        let output = Command::new(Handler::binary())
+            .args(wrong)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{wrong:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("--help"),
+            "{wrong:?}"
+        );
+    }
 }
 
 #[test]

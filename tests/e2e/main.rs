@@ -2,6 +2,7 @@
 //! registry of the local stack (see `harness`). One test binary, so the (slow) link
 //! happens once; the tests in it run in parallel, each on its own topics and database.
 
+mod barrier;
 mod harness;
 
 mod accounts;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::barrier::wait_until;
 use crate::harness::*;
 
 #[test]
@@ -59,7 +60,7 @@ fn a_repeated_command_gets_the_same_answer_and_changes_nothing() {
     );
     assert_eq!(env.amount(&iban), Some(700), "applied once");
     // A duplicate command is not a redelivery: no second BalanceChanged.
-    env.collect_for(Duration::from_secs(2));
+    env.barrier();
     assert_eq!(env.balance_changes_for(&iban).len(), 1);
 }
 
@@ -110,14 +111,15 @@ fn a_record_redelivered_after_a_crash_gets_its_answer_and_events_again() {
     // Once published, the events are history: reading the topic again from the start
     // (here: a new consumer group) answers the command again but replays no event.
     let answered = env.answers_to(deposit.id).len();
-    env.start_handler(&[("KAFKA_CLIENT_ID", &format!("{}.rereading", env.group))]);
+    let rereading = format!("{}.rereading", env.group);
+    env.start_handler(&[("KAFKA_CLIENT_ID", &rereading)]);
     env.collect_until("the answer a third time", |o| {
         o.iter()
             .filter(|o| o.topic == mtf && o.id() == deposit.id)
             .count()
             > answered
     });
-    env.collect_for(Duration::from_secs(2));
+    env.barrier_for(&rereading);
     assert_eq!(
         env.balance_changes_for(&iban).len(),
         1,
@@ -161,14 +163,11 @@ fn leftover_event_rows_are_swept_once_their_offsets_are_stored() {
     env.start_handler(&[]);
     let late = TransferCmd::new("", 4, "cash", &iban);
     assert_eq!(env.transfer(&late), None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while rows_of(&env, early.id) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the leftover row of {} was not swept",
-            early.id
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The sweep runs at most every 30 s.
+    wait_until(
+        &format!("the leftover row of {} to be swept", early.id),
+        Duration::from_secs(40),
+        || rows_of(&env, early.id) == 0,
+    );
     assert_eq!(env.amount(&iban), Some(3 + 4));
 }

@@ -256,9 +256,15 @@ fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
     let command = TransferCmd::new("", 7, "cash", BANK_IBAN);
     env.send_transfer(&command);
     env.flush();
-    // It waits at start-up, checking the output subjects it cannot read.
+    // It waits at start-up, checking the output subjects it cannot read, and tries
+    // again at least once more while the command is in its topic.
+    const NOT_READY: &str = "the Schema Registry not ready";
+    env.handler(refused).wait_for_log(NOT_READY);
+    let tried = env.handler(refused).log().matches(NOT_READY).count();
     env.handler(refused)
-        .wait_for_log("the Schema Registry not ready");
+        .wait_for_log_where("one more attempt at the subjects", |log| {
+            log.matches(NOT_READY).count() > tried
+        });
     env.handler(refused).stop_cleanly();
     assert!(!env.handler(refused).log().contains(wrong_secret));
     // Stopped, it has written all it ever will: nothing, neither answer nor dead letter.

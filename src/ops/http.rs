@@ -20,7 +20,6 @@ use std::thread;
 use std::time::Duration;
 
 use log::{info, warn};
-use rdkafka::producer::Producer;
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -30,6 +29,7 @@ use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::{self, Latest};
+use crate::ops::scraped::Scraped;
 use crate::produce::AnswerProducer;
 
 /// How long one check may take.
@@ -124,13 +124,8 @@ fn answer(request: Request, dependencies: &Dependencies, latest: &Latest) {
             json_response(if ready { 200 } else { 503 }, &body)
         }
         (Method::Get | Method::Head, "/metrics") => {
-            let producer_queue_depth = dependencies
-                .clients
-                .get()
-                .map_or(0, |clients| clients.producer.in_flight_count());
-            let text = dependencies
-                .metrics
-                .encode(producer_queue_depth, dependencies.database.usage());
+            let now = Scraped::read(dependencies, latest);
+            let text = dependencies.metrics.encode(now);
             Response::from_string(text).with_header(header("Content-Type", OPENMETRICS))
         }
         (Method::Get | Method::Head, _) => json_response(404, &json!({"error": "not found"})),

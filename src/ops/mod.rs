@@ -8,4 +8,5 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod probe;
 pub(crate) mod readiness;
+pub(crate) mod scraped;
 pub(crate) mod stalls;

@@ -113,7 +113,7 @@ impl Report {
     }
 }
 
-/// The latest report, written by the prober and read by the endpoint.
+/// The latest report, written by the prober and read by the endpoint and the scrape.
 #[derive(Default)]
 pub(crate) struct Latest(Mutex<Option<Report>>);
 
@@ -150,13 +150,6 @@ pub(crate) fn probe_until_shutdown(dependencies: &Dependencies, latest: &Latest)
             at: Instant::now(),
             checks: run_checks(dependencies),
         };
-        for (dependency, up) in report.dependencies() {
-            dependencies.metrics.dependency_checked(&dependency, up);
-        }
-        if dependencies.clients.get().is_some() {
-            // Replaced by one check per consumer once the clients exist.
-            dependencies.metrics.forget_dependency("kafka");
-        }
         let ready = report.passed();
         if was_ready != Some(ready) {
             if ready {

@@ -88,7 +88,7 @@ fn registry(config: &Config) -> Line {
         REGISTRY_TIMEOUT,
     )
     .map_err(|e| e.to_string())
-    .and_then(|settings| probe::registry(&settings));
+    .and_then(|settings| probe::registry(&settings).into_result());
     Line::new("schema registry", verdict)
 }
 
@@ -102,7 +102,7 @@ fn kafka(config: &Config) -> Line {
     let verdict = StartupAdmin::new(config)
         .map_err(|e| e.to_string())
         .and_then(|admin| {
-            let detail = probe::kafka(admin.client(), &topics, TIMEOUT)?;
+            let detail = probe::kafka(admin.client(), &topics, TIMEOUT).into_result()?;
             let forbidden = admin
                 .forbidden_outputs(TIMEOUT)
                 .map_err(|why| format!("{detail}; {why}"))?;
@@ -125,11 +125,8 @@ fn kafka(config: &Config) -> Line {
 }
 
 impl Line {
-    fn new(what: &'static str, verdict: probe::Verdict) -> Line {
-        Line {
-            what,
-            ok: verdict.is_ok(),
-            detail: verdict.unwrap_or_else(|e| e),
-        }
+    fn new(what: &'static str, verdict: impl Into<probe::Verdict>) -> Line {
+        let probe::Verdict { ok, detail } = verdict.into();
+        Line { what, ok, detail }
     }
 }

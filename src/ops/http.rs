@@ -9,18 +9,17 @@
 //! - `GET /metrics`: Prometheus metrics ([`crate::ops::metrics`]).
 //!
 //! A prober thread checks the dependencies every few seconds and the endpoint answers
-//! from its latest results, so a probe never waits on a dependency (Kubernetes gives a
-//! probe one second by default) and a busy probe schedule adds no load to them.
+//! from its latest results ([`crate::ops::readiness`]), so a probe never waits on a
+//! dependency (Kubernetes gives a probe one second by default) and a busy probe
+//! schedule adds no load to them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{info, warn};
-use rdkafka::consumer::Consumer;
-use rdkafka::producer::Producer;
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -29,16 +28,12 @@ use crate::consume::consumer::CommandConsumer;
 use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
-use crate::ops::probe::{self, Verdict};
-use crate::ops::stalls::STALLED_AFTER;
+use crate::ops::readiness::{self, Latest};
+use crate::ops::scraped::Scraped;
 use crate::produce::AnswerProducer;
 
-/// How often the prober checks the dependencies.
-const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one check may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Results older than this (a hung prober) count as not ready.
-const STALE_AFTER: Duration = Duration::from_secs(30);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -63,11 +58,6 @@ pub struct KafkaClients {
     pub heartbeats: Vec<(String, Arc<Heartbeat>)>,
 }
 
-struct Probe {
-    at: Instant,
-    checks: Vec<(String, Verdict)>,
-}
-
 /// The bound server; `address` has the actual port when `HTTP_PORT=0`.
 pub struct HttpServer {
     server: Server,
@@ -84,12 +74,12 @@ pub fn bind(address: SocketAddr) -> Result<HttpServer, String> {
 
 /// Serves until shutdown; runs the prober on a thread of its own.
 pub fn serve(http: HttpServer, dependencies: Arc<Dependencies>) {
-    let latest: Arc<Mutex<Option<Probe>>> = Arc::new(Mutex::new(None));
+    let latest = Arc::new(Latest::default());
     let prober = {
         let (dependencies, latest) = (Arc::clone(&dependencies), Arc::clone(&latest));
         thread::Builder::new()
             .name("prober".into())
-            .spawn(move || probe_until_shutdown(&dependencies, &latest))
+            .spawn(move || readiness::probe_until_shutdown(&dependencies, &latest))
     };
     let prober = prober
         .map_err(|error| {
@@ -117,7 +107,7 @@ pub fn serve(http: HttpServer, dependencies: Arc<Dependencies>) {
     }
 }
 
-fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<Probe>>) {
+fn answer(request: Request, dependencies: &Dependencies, latest: &Latest) {
     let path = request
         .url()
         .split('?')
@@ -130,17 +120,12 @@ fn answer(request: Request, dependencies: &Dependencies, latest: &Mutex<Option<P
             Some(detail) => json_response(503, &json!({"status": "stuck", "detail": detail})),
         },
         (Method::Get | Method::Head, "/health/ready") => {
-            let (ready, body) = readiness(dependencies, latest);
+            let (ready, body) = readiness::answer(dependencies, latest);
             json_response(if ready { 200 } else { 503 }, &body)
         }
         (Method::Get | Method::Head, "/metrics") => {
-            let producer_queue_depth = dependencies
-                .clients
-                .get()
-                .map_or(0, |clients| clients.producer.in_flight_count());
-            let text = dependencies
-                .metrics
-                .encode(producer_queue_depth, dependencies.database.usage());
+            let now = Scraped::read(dependencies, latest);
+            let text = dependencies.metrics.encode(now);
             Response::from_string(text).with_header(header("Content-Type", OPENMETRICS))
         }
         (Method::Get | Method::Head, _) => json_response(404, &json!({"error": "not found"})),
@@ -172,133 +157,4 @@ fn json_response(status: u16, body: &serde_json::Value) -> Response<std::io::Cur
 
 fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid static header")
-}
-
-/// The latest probe as a report; ready only if it is recent and every check passed.
-fn readiness(
-    dependencies: &Dependencies,
-    latest: &Mutex<Option<Probe>>,
-) -> (bool, serde_json::Value) {
-    if dependencies.shutdown.load(Ordering::Acquire) {
-        return (false, json!({"status": "stopping"}));
-    }
-    let latest = latest
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let Some(probe) = latest.as_ref() else {
-        return (
-            false,
-            json!({"status": "starting", "detail": "no probe yet"}),
-        );
-    };
-    let stale = probe.at.elapsed() > STALE_AFTER;
-    let ready = !stale && probe.checks.iter().all(|(_, verdict)| verdict.is_ok());
-    let checks: serde_json::Map<String, serde_json::Value> = probe
-        .checks
-        .iter()
-        .map(|(name, verdict)| {
-            let value = match verdict {
-                Ok(detail) => json!({"ok": true, "detail": detail}),
-                Err(reason) => json!({"ok": false, "detail": reason}),
-            };
-            (name.clone(), value)
-        })
-        .collect();
-    let status = if ready { "ready" } else { "not ready" };
-    (
-        ready,
-        json!({
-            "status": status,
-            "checked_seconds_ago": probe.at.elapsed().as_secs(),
-            "checks": checks,
-        }),
-    )
-}
-
-fn probe_until_shutdown(dependencies: &Dependencies, latest: &Mutex<Option<Probe>>) {
-    let mut was_ready: Option<bool> = None;
-    while !dependencies.shutdown.load(Ordering::Acquire) {
-        let checks = run_checks(dependencies);
-        for (name, verdict) in &checks {
-            // Assignments and stalls are not dependencies.
-            if !name.starts_with("assignment:") && !name.starts_with("retrying:") {
-                dependencies
-                    .metrics
-                    .dependency_checked(name, verdict.is_ok());
-            }
-        }
-        if dependencies.clients.get().is_some() {
-            // Replaced by one check per consumer once the clients exist.
-            dependencies.metrics.forget_dependency("kafka");
-        }
-        let ready = checks.iter().all(|(_, verdict)| verdict.is_ok());
-        if was_ready != Some(ready) {
-            let failing: Vec<String> = checks
-                .iter()
-                .filter_map(|(name, verdict)| {
-                    verdict.as_ref().err().map(|why| format!("{name}: {why}"))
-                })
-                .collect();
-            if ready {
-                info!("ready");
-            } else {
-                info!("not ready: {}", failing.join("; "));
-            }
-            was_ready = Some(ready);
-        }
-        *latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Probe {
-            at: Instant::now(),
-            checks,
-        });
-        crate::backoff::sleep_unless_shutdown(PROBE_INTERVAL, &dependencies.shutdown, || {});
-    }
-}
-
-fn run_checks(dependencies: &Dependencies) -> Vec<(String, Verdict)> {
-    let mut checks = vec![
-        (
-            "database".to_string(),
-            probe::database(&dependencies.database, PROBE_TIMEOUT),
-        ),
-        (
-            "schema_registry".to_string(),
-            probe::registry(&dependencies.registry),
-        ),
-    ];
-    let Some(clients) = dependencies.clients.get() else {
-        checks.push((
-            "kafka".to_string(),
-            Err("starting: the Kafka clients are made once the database is migrated".to_string()),
-        ));
-        return checks;
-    };
-    for consumer in &clients.consumers {
-        let events = consumer.context();
-        let topic = events.topic();
-        // The consumer's own topic: a consumer never asks the brokers to create it.
-        let kafka = probe::kafka(consumer.client(), &[topic], PROBE_TIMEOUT);
-        let assignment = match events.assignment() {
-            Some(partitions) => Ok(format!("partitions {partitions:?}")),
-            None => Err("waiting for the consumer group to assign partitions".to_string()),
-        };
-        checks.push((format!("kafka:{topic}"), kafka));
-        checks.push((format!("assignment:{topic}"), assignment));
-    }
-    // A partition stuck behind a failure that does not pass.
-    for ((topic, partition), stall) in dependencies.metrics.stalls.now() {
-        let retrying = stall.since.elapsed();
-        if retrying > STALLED_AFTER {
-            checks.push((
-                format!("retrying:{topic}/{partition}"),
-                Err(format!(
-                    "retrying its batch for {} s: {}",
-                    retrying.as_secs(),
-                    stall.why
-                )),
-            ));
-        }
-    }
-    checks
 }

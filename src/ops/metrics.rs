@@ -1,26 +1,76 @@
-//! Prometheus metrics: what the loops count and measure, and what is read from the
-//! clients and the pool when scraped. Served by [`crate::ops::http`] in the OpenMetrics text
-//! format; every name starts with `command_handler_`.
+//! Prometheus metrics: what the loops count and measure, registered here, and what is
+//! read when scraped ([`crate::ops::scraped`]). Served by [`crate::ops::http`] in the
+//! OpenMetrics text format; every name starts with `command_handler_`.
 //!
 //! Recording is a few atomic operations, so the metrics are always kept, also when no
 //! HTTP port is configured.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use rdkafka::statistics::Statistics;
 
 use crate::config::CommandTopic;
-use crate::db::PoolUsage;
+use crate::ops::scraped::Scraped;
 use crate::ops::stalls::Stalls;
+
+/// A metric family's name (after the prefix) and help, as the README's table lists them.
+pub(crate) type Describe = (&'static str, &'static str);
+
+const PREFIX: &str = "command_handler";
+const COMMANDS: Describe = (
+    "commands",
+    "Commands answered (acknowledged by Kafka), by type and outcome",
+);
+const DEAD_LETTERS: Describe = (
+    "dead_letters",
+    "Records sent to the dead-letter topic, by the topic they came from",
+);
+const PROCESSING_SECONDS: Describe = (
+    "processing_seconds",
+    "Time from polling a record to its answers being acknowledged (each record of a batch gets the batch's time)",
+);
+const BATCH_RETRIES: Describe = (
+    "batch_retries",
+    "Attempts at a batch that failed and were retried (registry, database or broker trouble)",
+);
+const CONSUMER_LAG: Describe = (
+    "consumer_lag",
+    "Records of an assigned partition not yet handled (librdkafka statistics, taken while the loop polls)",
+);
+const BUILD_INFO: Describe = ("build_info", "The handler's version");
+// Read when scraped.
+pub(crate) const ASSIGNED_PARTITIONS: Describe = (
+    "assigned_partitions",
+    "Partitions of the command topic assigned to this instance",
+);
+pub(crate) const PRODUCER_QUEUE_DEPTH: Describe = (
+    "producer_queue_depth",
+    "Messages and requests waiting in the producer (librdkafka's out-queue length)",
+);
+pub(crate) const DB_POOL_CONNECTIONS: Describe = (
+    "db_pool_connections",
+    "Database connections of the pool, by state",
+);
+pub(crate) const DB_POOL_MAX_CONNECTIONS: Describe = (
+    "db_pool_max_connections",
+    "Most connections the pool opens (DB_POOL_SIZE)",
+);
+pub(crate) const DEPENDENCY_UP: Describe = (
+    "dependency_up",
+    "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
+);
+pub(crate) const RETRYING_SECONDS: Describe = (
+    "retrying_seconds",
+    "How long a partition has been retrying its batch (absent when it is not)",
+);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -45,21 +95,6 @@ struct PartitionLabels {
     partition: i32,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabel {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DependencyLabel {
-    dependency: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VersionLabel {
-    version: &'static str,
-}
-
 /// From 1 ms to about 33 s: a quiet handler answers in milliseconds, one waiting out a
 /// database or broker outage in seconds.
 fn latency_histogram() -> Histogram {
@@ -80,17 +115,13 @@ pub struct Metrics {
     dead_letters: Family<TopicLabel, Counter>,
     processing_seconds: Family<CommandTypeLabel, Histogram, fn() -> Histogram>,
     batch_retries: Family<TopicLabel, Counter>,
-    assigned_partitions: Family<TopicLabel, Gauge>,
     consumer_lag: Family<PartitionLabels, Gauge>,
     /// The partitions with a lag gauge, by topic, so that those no longer assigned
     /// lose theirs.
     lag_reported: Mutex<BTreeMap<String, BTreeSet<i32>>>,
-    producer_queue_depth: Gauge,
-    db_pool_connections: Family<PoolStateLabel, Gauge>,
-    db_pool_max: Gauge,
-    dependency_up: Family<DependencyLabel, Gauge>,
-    retrying_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
-    /// The partitions retrying a batch, reported by the loops.
+    /// The partitions retrying a batch, reported by the loops, read by readiness and
+    /// the scrape. Shared state, not a metric: here only because the loops reach it
+    /// through their `Metrics` today.
     pub stalls: Stalls,
 }
 
@@ -100,98 +131,33 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` and hands back the handle that records into it.
+fn register<M: Metric + Clone>(registry: &mut Registry, (name, help): Describe, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let commands = Family::default();
-        let dead_letters = Family::default();
-        let processing_seconds: Family<CommandTypeLabel, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        let batch_retries = Family::default();
-        let assigned_partitions = Family::default();
-        let consumer_lag = Family::default();
-        let producer_queue_depth = Gauge::default();
-        let db_pool_connections = Family::default();
-        let db_pool_max = Gauge::default();
-        let dependency_up = Family::default();
-        let retrying_seconds = Family::default();
-        let build_info: Family<VersionLabel, Gauge> = Family::default();
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-
-        let mut registry = Registry::with_prefix("command_handler");
-        registry.register(
-            "commands",
-            "Commands answered (acknowledged by Kafka), by type and outcome",
-            commands.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Records sent to the dead-letter topic, by the topic they came from",
-            dead_letters.clone(),
-        );
-        registry.register(
-            "processing_seconds",
-            "Time from polling a record to its answers being acknowledged (each record of a batch gets the batch's time)",
-            processing_seconds.clone(),
-        );
-        registry.register(
-            "batch_retries",
-            "Attempts at a batch that failed and were retried (registry, database or broker trouble)",
-            batch_retries.clone(),
-        );
-        registry.register(
-            "assigned_partitions",
-            "Partitions of the command topic assigned to this instance",
-            assigned_partitions.clone(),
-        );
-        registry.register(
-            "consumer_lag",
-            "Records of an assigned partition not yet handled (librdkafka statistics, taken while the loop polls)",
-            consumer_lag.clone(),
-        );
-        registry.register(
-            "producer_queue_depth",
-            "Messages and requests waiting in the producer (librdkafka's out-queue length)",
-            producer_queue_depth.clone(),
-        );
-        registry.register(
-            "db_pool_connections",
-            "Database connections of the pool, by state",
-            db_pool_connections.clone(),
-        );
-        registry.register(
-            "db_pool_max_connections",
-            "Most connections the pool opens (DB_POOL_SIZE)",
-            db_pool_max.clone(),
-        );
-        registry.register(
-            "dependency_up",
-            "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
-            dependency_up.clone(),
-        );
-        registry.register(
-            "retrying_seconds",
-            "How long a partition has been retrying its batch (absent when it is not)",
-            retrying_seconds.clone(),
-        );
-        registry.register("build_info", "The handler's version", build_info);
+        let mut registry = Registry::with_prefix(PREFIX);
+        let r = &mut registry;
+        let commands = register(r, COMMANDS, Family::default());
+        let dead_letters = register(r, DEAD_LETTERS, Family::default());
+        let histograms = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let processing_seconds = register(r, PROCESSING_SECONDS, histograms);
+        let batch_retries = register(r, BATCH_RETRIES, Family::default());
+        let consumer_lag = register(r, CONSUMER_LAG, Family::default());
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        let build_info: Family<_, Gauge> = register(r, BUILD_INFO, Family::default());
+        build_info.get_or_create(&version).set(1);
         Metrics {
             registry,
             commands,
             dead_letters,
             processing_seconds,
             batch_retries,
-            assigned_partitions,
             consumer_lag,
-            lag_reported: Mutex::new(BTreeMap::new()),
-            producer_queue_depth,
-            db_pool_connections,
-            db_pool_max,
-            dependency_up,
-            retrying_seconds,
+            lag_reported: Mutex::default(),
             stalls: Stalls::default(),
         }
     }
@@ -231,21 +197,6 @@ impl Metrics {
         }
     }
 
-    pub fn dependency_checked(&self, dependency: &str, up: bool) {
-        self.dependency_up
-            .get_or_create(&DependencyLabel {
-                dependency: dependency.to_string(),
-            })
-            .set(i64::from(up));
-    }
-
-    /// Drops a dependency's series (a check that is no longer made).
-    pub fn forget_dependency(&self, dependency: &str) {
-        self.dependency_up.remove(&DependencyLabel {
-            dependency: dependency.to_string(),
-        });
-    }
-
     pub fn batch_retried(&self, topic: &str) {
         self.batch_retries
             .get_or_create(&TopicLabel {
@@ -254,13 +205,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn partitions_assigned(&self, topic: &str, count: usize) {
-        self.assigned_partitions
-            .get_or_create(&TopicLabel {
-                topic: topic.to_string(),
-            })
-            .set(count as i64);
-    }
+    /// Nothing any more: `assigned_partitions` is read from the consumers when scraped.
+    /// Kept until its callers are gone.
+    pub fn partitions_assigned(&self, _topic: &str, _count: usize) {}
 
     /// Takes the lag of the `assigned` partitions of `topic` from a consumer's
     /// statistics; partitions no longer assigned lose their gauge (librdkafka goes on
@@ -301,68 +248,116 @@ impl Metrics {
         }
     }
 
-    /// The exposition, with the gauges read at scrape time set first.
-    pub fn encode(&self, producer_queue_depth: i32, pool: PoolUsage) -> String {
-        self.producer_queue_depth
-            .set(i64::from(producer_queue_depth));
-        for (state, count) in [("idle", pool.idle), ("in_use", pool.in_use)] {
-            self.db_pool_connections
-                .get_or_create(&PoolStateLabel { state })
-                .set(i64::from(count));
-        }
-        self.db_pool_max.set(i64::from(pool.max));
-        self.retrying_seconds.clear();
-        for ((topic, partition), stall) in self.stalls.now() {
-            self.retrying_seconds
-                .get_or_create(&PartitionLabels { topic, partition })
-                .set(stall.since.elapsed().as_secs_f64());
-        }
-        let mut text = String::new();
+    /// The exposition: what was recorded, then what is read now.
+    pub(crate) fn encode(&self, now: Scraped) -> String {
+        let mut scraped = Registry::with_prefix(PREFIX);
+        scraped.register_collector(Box::new(now));
+        let mut exposition = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        let _ = text::encode_registry(&mut exposition, &self.registry)
+            .and_then(|()| text::encode_registry(&mut exposition, &scraped))
+            .and_then(|()| text::encode_eof(&mut exposition));
+        exposition
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::PoolUsage;
 
-    #[test]
-    fn exposition_names_every_metric() {
+    /// What the loops record, and what a scrape reads, in a handler at work.
+    fn at_work() -> (Metrics, Scraped) {
         let metrics = Metrics::new();
-        let tally = BatchTally {
-            confirmed: 0,
-            failed: 1,
-            dead_lettered: 2,
+        let tally = |confirmed, failed, dead_lettered| BatchTally {
+            confirmed,
+            failed,
+            dead_lettered,
         };
-        let topic = "confirm_money_transfer";
-        metrics.batch_done(
-            CommandTopic::MoneyTransfer,
-            topic,
-            tally,
-            3,
-            Duration::from_millis(3),
-        );
-        let text = metrics.encode(
-            2,
-            PoolUsage {
+        let millis = Duration::from_millis;
+        let transfer = CommandTopic::MoneyTransfer;
+        metrics.batch_done(transfer, "cmt", tally(2, 1, 1), 3, millis(3));
+        let creation = CommandTopic::AccountCreation;
+        metrics.batch_done(creation, "cac", tally(1, 0, 0), 1, millis(30));
+        metrics.batch_retried("cmt");
+        let mut topic = rdkafka::statistics::Topic::default();
+        // Stored lag, committed lag before anything is stored, not known yet.
+        for (partition, stored, committed) in [(0, 7, 9), (1, -1, 4), (2, -1, -1)] {
+            let stats = topic.partitions.entry(partition).or_default();
+            (stats.consumer_lag_stored, stats.consumer_lag) = (stored, committed);
+        }
+        let mut statistics = Statistics::default();
+        statistics.topics.insert("cmt".to_string(), topic);
+        metrics.consumer_statistics(&statistics, "cmt", &[0, 1, 2]);
+        let scraped = Scraped {
+            assigned: vec![("cmt".to_string(), 2), ("cac".to_string(), 1)],
+            producer_queue_depth: 5,
+            pool: PoolUsage {
                 idle: 1,
                 in_use: 2,
                 max: 4,
             },
-        );
-        for line in [
-            r#"command_handler_commands_total{command="money_transfer",outcome="failed"} 1"#,
-            r#"command_handler_dead_letters_total{topic="confirm_money_transfer"} 2"#,
-            r#"command_handler_processing_seconds_count{command="money_transfer"} 3"#,
-            r#"command_handler_processing_seconds_bucket{le="0.004",command="money_transfer"} 3"#,
-            "command_handler_producer_queue_depth 2",
-            r#"command_handler_db_pool_connections{state="in_use"} 2"#,
-            "command_handler_db_pool_max_connections 4",
-            "# EOF",
-        ] {
-            assert!(text.contains(line), "{line} not in\n{text}");
+            dependencies: [
+                ("database", true),
+                ("schema_registry", false),
+                ("kafka:cmt", true),
+            ]
+            .map(|(name, up)| (name.to_string(), up))
+            .to_vec(),
+            retrying: vec![(("cmt".to_string(), 0), Duration::from_millis(12_500))],
+        };
+        (metrics, scraped)
+    }
+
+    /// The exposition as a set of lines (a family's series come in no set order); every
+    /// sample under its own family's `# TYPE`.
+    fn lines(exposition: &str) -> Vec<&str> {
+        let mut family = "";
+        for line in exposition.lines() {
+            match line.strip_prefix("# TYPE ") {
+                Some(typed) => family = typed.split(' ').next().unwrap_or_default(),
+                None if !line.starts_with('#') => {
+                    assert!(line.starts_with(family), "{line} outside {family}");
+                }
+                None => {}
+            }
         }
+        let mut lines: Vec<&str> = exposition.lines().collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    /// Names, types, helps, labels and values as the handler exposed them before the
+    /// scrape-time values were read through a collector (testdata, taken from it).
+    #[test]
+    fn the_exposition_is_what_it_was() {
+        let (metrics, scraped) = at_work();
+        let exposition = metrics.encode(scraped);
+        let before = include_str!("testdata/exposition.txt");
+        assert_eq!(lines(&exposition), lines(before), "{exposition}");
+        assert!(exposition.ends_with("# EOF\n"));
+
+        let idle = Scraped {
+            assigned: Vec::new(),
+            producer_queue_depth: 0,
+            pool: PoolUsage {
+                idle: 0,
+                in_use: 0,
+                max: 4,
+            },
+            dependencies: Vec::new(),
+            retrying: Vec::new(),
+        };
+        let exposition = Metrics::new().encode(idle);
+        let before = include_str!("testdata/exposition_empty.txt");
+        assert_eq!(lines(&exposition), lines(before), "{exposition}");
+    }
+
+    #[test]
+    fn a_partition_no_longer_assigned_loses_its_lag() {
+        let (metrics, scraped) = at_work();
+        metrics.consumer_statistics(&Statistics::default(), "cmt", &[]);
+        let exposition = metrics.encode(scraped);
+        assert!(!exposition.contains("consumer_lag{"), "{exposition}");
     }
 }

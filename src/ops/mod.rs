@@ -7,4 +7,6 @@ pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub(crate) mod probe;
+pub(crate) mod readiness;
+pub(crate) mod scraped;
 pub(crate) mod stalls;

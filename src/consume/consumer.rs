@@ -39,8 +39,6 @@ impl ConsumerEvents {
             .iter()
             .map(|element| element.partition())
             .collect();
-        self.metrics
-            .partitions_assigned(&self.topic, partitions.len());
         *self
             .assignment
             .lock()

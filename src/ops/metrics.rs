@@ -205,10 +205,6 @@ impl Metrics {
             .inc();
     }
 
-    /// Nothing any more: `assigned_partitions` is read from the consumers when scraped.
-    /// Kept until its callers are gone.
-    pub fn partitions_assigned(&self, _topic: &str, _count: usize) {}
-
     /// Takes the lag of the `assigned` partitions of `topic` from a consumer's
     /// statistics; partitions no longer assigned lose their gauge (librdkafka goes on
     /// reporting every partition of the topic, with the last offsets it knew).

@@ -14,49 +14,20 @@
 //! schedule adds no load to them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
 use log::{info, warn};
-use schema_registry_converter::blocking::schema_registry::SrSettings;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::consume::consumer::CommandConsumer;
-use crate::db::Database;
-use crate::ops::heartbeat::Heartbeat;
-use crate::ops::metrics::Metrics;
+pub(crate) use crate::ops::dependencies::{Dependencies, KafkaClients, PROBE_TIMEOUT};
 use crate::ops::readiness::{self, Latest};
 use crate::ops::scraped::Scraped;
-use crate::produce::AnswerProducer;
-
-/// How long one check may take.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// What the prober and the endpoints look at.
-pub struct Dependencies {
-    pub database: Database,
-    /// A loop silent for longer than this fails liveness.
-    pub liveness_stall: Duration,
-    /// With a short timeout, unlike the decoders' settings.
-    pub registry: SrSettings,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: Arc<AtomicBool>,
-    /// Set once the Kafka clients exist: the server runs from the start (liveness must
-    /// answer while start-up waits for the database), the clients come after migrations.
-    pub clients: OnceLock<KafkaClients>,
-}
-
-pub struct KafkaClients {
-    pub consumers: Vec<Arc<CommandConsumer>>,
-    pub producer: Arc<AnswerProducer>,
-    /// Each consumer loop's heartbeat, by the topic it consumes.
-    pub heartbeats: Vec<(String, Arc<Heartbeat>)>,
-}
 
 /// The bound server; `address` has the actual port when `HTTP_PORT=0`.
 pub struct HttpServer {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{EncodeLabelSet, text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -18,7 +19,6 @@ use prometheus_client::registry::{Metric, Registry};
 use rdkafka::statistics::Statistics;
 
 use crate::config::CommandTopic;
-use crate::ops::scraped::Scraped;
 use crate::ops::stalls::Stalls;
 
 /// A metric family's name (after the prefix) and help, as the README's table lists them.
@@ -46,32 +46,6 @@ const CONSUMER_LAG: Describe = (
     "Records of an assigned partition not yet handled (librdkafka statistics, taken while the loop polls)",
 );
 const BUILD_INFO: Describe = ("build_info", "The handler's version");
-// Read when scraped.
-pub(crate) const ASSIGNED_PARTITIONS: Describe = (
-    "assigned_partitions",
-    "Partitions of the command topic assigned to this instance",
-);
-pub(crate) const PRODUCER_QUEUE_DEPTH: Describe = (
-    "producer_queue_depth",
-    "Messages and requests waiting in the producer (librdkafka's out-queue length)",
-);
-pub(crate) const DB_POOL_CONNECTIONS: Describe = (
-    "db_pool_connections",
-    "Database connections of the pool, by state",
-);
-pub(crate) const DB_POOL_MAX_CONNECTIONS: Describe = (
-    "db_pool_max_connections",
-    "Most connections the pool opens (DB_POOL_SIZE)",
-);
-pub(crate) const DEPENDENCY_UP: Describe = (
-    "dependency_up",
-    "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
-);
-pub(crate) const RETRYING_SECONDS: Describe = (
-    "retrying_seconds",
-    "How long a partition has been retrying its batch (absent when it is not)",
-);
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
     command: &'static str,
@@ -244,8 +218,8 @@ impl Metrics {
         }
     }
 
-    /// The exposition: what was recorded, then what is read now.
-    pub(crate) fn encode(&self, now: Scraped) -> String {
+    /// The exposition: what was recorded, then what is read now ([`crate::ops::scraped`]).
+    pub(crate) fn encode(&self, now: impl Collector + 'static) -> String {
         let mut scraped = Registry::with_prefix(PREFIX);
         scraped.register_collector(Box::new(now));
         let mut exposition = String::new();
@@ -258,102 +232,5 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::db::PoolUsage;
-
-    /// What the loops record, and what a scrape reads, in a handler at work.
-    fn at_work() -> (Metrics, Scraped) {
-        let metrics = Metrics::new();
-        let tally = |confirmed, failed, dead_lettered| BatchTally {
-            confirmed,
-            failed,
-            dead_lettered,
-        };
-        let millis = Duration::from_millis;
-        let transfer = CommandTopic::MoneyTransfer;
-        metrics.batch_done(transfer, "cmt", tally(2, 1, 1), 3, millis(3));
-        let creation = CommandTopic::AccountCreation;
-        metrics.batch_done(creation, "cac", tally(1, 0, 0), 1, millis(30));
-        metrics.batch_retried("cmt");
-        let mut topic = rdkafka::statistics::Topic::default();
-        // Stored lag, committed lag before anything is stored, not known yet.
-        for (partition, stored, committed) in [(0, 7, 9), (1, -1, 4), (2, -1, -1)] {
-            let stats = topic.partitions.entry(partition).or_default();
-            (stats.consumer_lag_stored, stats.consumer_lag) = (stored, committed);
-        }
-        let mut statistics = Statistics::default();
-        statistics.topics.insert("cmt".to_string(), topic);
-        metrics.consumer_statistics(&statistics, "cmt", &[0, 1, 2]);
-        let scraped = Scraped {
-            assigned: vec![("cmt".to_string(), 2), ("cac".to_string(), 1)],
-            producer_queue_depth: 5,
-            pool: PoolUsage {
-                idle: 1,
-                in_use: 2,
-                max: 4,
-            },
-            dependencies: [
-                ("database", true),
-                ("schema_registry", false),
-                ("kafka:cmt", true),
-            ]
-            .map(|(name, up)| (name.to_string(), up))
-            .to_vec(),
-            retrying: vec![(("cmt".to_string(), 0), Duration::from_millis(12_500))],
-        };
-        (metrics, scraped)
-    }
-
-    /// The exposition as a set of lines (a family's series come in no set order); every
-    /// sample under its own family's `# TYPE`.
-    fn lines(exposition: &str) -> Vec<&str> {
-        let mut family = "";
-        for line in exposition.lines() {
-            match line.strip_prefix("# TYPE ") {
-                Some(typed) => family = typed.split(' ').next().unwrap_or_default(),
-                None if !line.starts_with('#') => {
-                    assert!(line.starts_with(family), "{line} outside {family}");
-                }
-                None => {}
-            }
-        }
-        let mut lines: Vec<&str> = exposition.lines().collect();
-        lines.sort_unstable();
-        lines
-    }
-
-    /// Names, types, helps, labels and values as the handler exposed them before the
-    /// scrape-time values were read through a collector (testdata, taken from it).
-    #[test]
-    fn the_exposition_is_what_it_was() {
-        let (metrics, scraped) = at_work();
-        let exposition = metrics.encode(scraped);
-        let before = include_str!("testdata/exposition.txt");
-        assert_eq!(lines(&exposition), lines(before), "{exposition}");
-        assert!(exposition.ends_with("# EOF\n"));
-
-        let idle = Scraped {
-            assigned: Vec::new(),
-            producer_queue_depth: 0,
-            pool: PoolUsage {
-                idle: 0,
-                in_use: 0,
-                max: 4,
-            },
-            dependencies: Vec::new(),
-            retrying: Vec::new(),
-        };
-        let exposition = Metrics::new().encode(idle);
-        let before = include_str!("testdata/exposition_empty.txt");
-        assert_eq!(lines(&exposition), lines(before), "{exposition}");
-    }
-
-    #[test]
-    fn a_partition_no_longer_assigned_loses_its_lag() {
-        let (metrics, scraped) = at_work();
-        metrics.consumer_statistics(&Statistics::default(), "cmt", &[]);
-        let exposition = metrics.encode(scraped);
-        assert!(!exposition.contains("consumer_lag{"), "{exposition}");
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

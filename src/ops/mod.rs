@@ -2,6 +2,7 @@
 //! dependency probes they and `check` share, and the `check` and `health` commands.
 
 pub mod check;
+pub(crate) mod dependencies;
 pub mod health_check;
 pub(crate) mod heartbeat;
 pub(crate) mod http;

@@ -10,7 +10,7 @@ use log::info;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
 
-use crate::ops::http::{Dependencies, PROBE_TIMEOUT};
+use crate::ops::dependencies::{Dependencies, PROBE_TIMEOUT};
 use crate::ops::probe::{self, Verdict};
 use crate::ops::stalls::STALLED_AFTER;
 

@@ -14,9 +14,35 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
 
 use crate::db::PoolUsage;
-use crate::ops::http::Dependencies;
-use crate::ops::metrics::{self, Describe};
+use crate::ops::dependencies::Dependencies;
+use crate::ops::metrics::Describe;
 use crate::ops::readiness::Latest;
+
+// The families read when scraped, with their names and help as the README lists them.
+pub(crate) const ASSIGNED_PARTITIONS: Describe = (
+    "assigned_partitions",
+    "Partitions of the command topic assigned to this instance",
+);
+pub(crate) const PRODUCER_QUEUE_DEPTH: Describe = (
+    "producer_queue_depth",
+    "Messages and requests waiting in the producer (librdkafka's out-queue length)",
+);
+pub(crate) const DB_POOL_CONNECTIONS: Describe = (
+    "db_pool_connections",
+    "Database connections of the pool, by state",
+);
+pub(crate) const DB_POOL_MAX_CONNECTIONS: Describe = (
+    "db_pool_max_connections",
+    "Most connections the pool opens (DB_POOL_SIZE)",
+);
+pub(crate) const DEPENDENCY_UP: Describe = (
+    "dependency_up",
+    "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
+);
+pub(crate) const RETRYING_SECONDS: Describe = (
+    "retrying_seconds",
+    "How long a partition has been retrying its batch (absent when it is not)",
+);
 
 /// One scrape's values.
 #[derive(Debug)]
@@ -59,21 +85,21 @@ impl Collector for Scraped {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let topic = |topic: &String| [("topic", topic.clone())];
         let assigned = self.assigned.iter().map(|(t, n)| (topic(t), *n as i64));
-        gauges(&mut encoder, metrics::ASSIGNED_PARTITIONS, assigned)?;
+        gauges(&mut encoder, ASSIGNED_PARTITIONS, assigned)?;
         let depth = i64::from(self.producer_queue_depth);
-        gauge(&mut encoder, metrics::PRODUCER_QUEUE_DEPTH, depth)?;
+        gauge(&mut encoder, PRODUCER_QUEUE_DEPTH, depth)?;
         let pool = [("idle", self.pool.idle), ("in_use", self.pool.in_use)];
         let pool = pool.map(|(state, n)| ([("state", state)], i64::from(n)));
-        gauges(&mut encoder, metrics::DB_POOL_CONNECTIONS, pool)?;
+        gauges(&mut encoder, DB_POOL_CONNECTIONS, pool)?;
         let max = i64::from(self.pool.max);
-        gauge(&mut encoder, metrics::DB_POOL_MAX_CONNECTIONS, max)?;
+        gauge(&mut encoder, DB_POOL_MAX_CONNECTIONS, max)?;
         let up = self.dependencies.iter();
         let up = up.map(|(name, up)| ([("dependency", name.clone())], i64::from(*up)));
-        gauges(&mut encoder, metrics::DEPENDENCY_UP, up)?;
+        gauges(&mut encoder, DEPENDENCY_UP, up)?;
         let retrying = self.retrying.iter().map(|((t, partition), since)| {
             ((topic(t), [("partition", *partition)]), since.as_secs_f64())
         });
-        gauges(&mut encoder, metrics::RETRYING_SECONDS, retrying)
+        gauges(&mut encoder, RETRYING_SECONDS, retrying)
     }
 }
 

@@ -46,6 +46,9 @@ impl Settings {
         let command = Settings::command().mut_args(|arg| arg.env(None));
         let mut argv = vec!["command-handler".to_string()];
         for (arg, name) in declared() {
+            if unused_here(&name, vars) {
+                continue;
+            }
             if let (Some(long), Some(value)) = (arg.get_long(), vars.get(&name)) {
                 argv.push(format!("--{long}={value}"));
             }
@@ -54,6 +57,25 @@ impl Settings {
             .try_get_matches_from(argv)
             .and_then(|matches| Settings::from_arg_matches(&matches))
             .map_err(|error| config_error(&error))
+    }
+}
+
+/// Variables that another one makes unused, and so are not even checked (as the JVM
+/// handler never read them): the DB_* trio next to `DATABASE_URL`, which wins (SPEC
+/// §6), and `SSL_STORES_DIRECTORY` without the JVM stores or with PEM files, which win.
+fn unused_here(name: &str, vars: &Vars) -> bool {
+    let given = |names: &[&str]| names.iter().any(|name| vars.get(name).is_some());
+    match name {
+        "DB_HOSTNAME" | "DB_PORT" | "DB_USER" | "DB_PASSWORD" => given(&["DATABASE_URL"]),
+        "SSL_STORES_DIRECTORY" => {
+            !given(&super::kafka::JVM_TLS_VARIABLES)
+                || given(&[
+                    "KAFKA_SSL_CA_LOCATION",
+                    "KAFKA_SSL_CERT_LOCATION",
+                    "KAFKA_SSL_KEY_LOCATION",
+                ])
+        }
+        _ => false,
     }
 }
 

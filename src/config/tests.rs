@@ -46,6 +46,29 @@ fn database_url_wins_over_the_trio() {
     ])
     .unwrap();
     assert_eq!(config.database_url.expose(), "postgres://u:p@db/x");
+    // Unused, the trio is not even checked: a stale value does not stop start-up.
+    let config = parse(&[
+        ("DATABASE_URL", "postgres://u:p@db/x"),
+        ("DB_PORT", "not-a-port"),
+    ])
+    .unwrap();
+    assert_eq!(config.database_url.expose(), "postgres://u:p@db/x");
+    assert_eq!(
+        parse(&[("DB_PORT", "not-a-port")]).unwrap_err().variable,
+        "DB_PORT"
+    );
+}
+
+#[test]
+fn the_stores_directory_is_checked_only_when_the_stores_are_used() {
+    assert!(parse(&[("SSL_STORES_DIRECTORY", " /etc/secrets ")]).is_ok());
+    let stores = [
+        ("SSL_KEYSTORE_LOCATION", "k.p12"),
+        ("SSL_TRUSTSTORE_LOCATION", "t.p12"),
+        ("SSL_PASSWORD", "pw"),
+        ("SSL_STORES_DIRECTORY", " /etc/secrets "),
+    ];
+    assert_eq!(parse(&stores).unwrap_err().variable, "SSL_STORES_DIRECTORY");
 }
 
 #[test]

@@ -143,9 +143,14 @@ impl<P: Publish> Pipeline<P> {
             // that was sent again before them.
             let first = pending
                 .take()
-                .and_then(|first| wait_for_acknowledgement(context, &batch, &first));
-            if let Some(Err(PublishError::Fatal(why))) = first {
-                return Err(Interrupted::Fatal(LoopError::PublishFatal(why)));
+                .map(|first| wait_for_acknowledgement(context, &batch, &first));
+            match first {
+                // Shutdown's grace ran out: no second grace for the sending again.
+                Some(None) => return Err(Interrupted::Shutdown),
+                Some(Some(Err(PublishError::Fatal(why)))) => {
+                    return Err(Interrupted::Fatal(LoopError::PublishFatal(why)));
+                }
+                _ => {}
             }
         }
         let mut sent_again = send_again;

@@ -173,12 +173,18 @@ impl<'a> StartupAdmin<'a> {
 
     /// Refuses when the brokers say this handler may not write to one of its output
     /// topics (answers, events, dead letters): every batch needing it would stall on its
-    /// first record. A broker that does not say, or a topic not there yet, is no reason
-    /// to refuse; brokers that do not answer are asked again.
+    /// first record. A broker that does not say, a topic not there yet, or a question
+    /// that goes unanswered (the brokers answered the metadata and topic requests just
+    /// before) is no reason to refuse or to wait: a write refused later stops the handler
+    /// naming the topic. `check` asks strictly ([`StartupAdmin::forbidden_outputs`]).
     fn check_write_rights(&self) -> Result<(), TopicError> {
-        let forbidden = self
-            .forbidden_outputs(ADMIN_TIMEOUT)
-            .map_err(TopicError::Unreachable)?;
+        let forbidden = match self.forbidden_outputs(ADMIN_TIMEOUT) {
+            Ok(forbidden) => forbidden,
+            Err(why) => {
+                info!("{why}; starting without knowing");
+                return Ok(());
+            }
+        };
         if forbidden.is_empty() {
             return Ok(());
         }

@@ -122,6 +122,22 @@ fn batch(name: &str, first_offset: i64, records: usize) -> (Batch, Applied) {
     (batch, applied)
 }
 
+/// A pipeline on `producer` with `batches` (name, records) handed over in order, their
+/// offsets following each other from 0.
+fn handed_over<'p>(
+    producer: &'p ScriptedProducer,
+    batches: &[(&str, usize)],
+) -> Pipeline<&'p ScriptedProducer> {
+    let mut pipeline = Pipeline::new(producer);
+    let mut offset = 0;
+    for (name, records) in batches {
+        let (batch, applied) = batch(name, offset, *records);
+        pipeline.hand_over(batch, applied).unwrap();
+        offset += *records as i64;
+    }
+    pipeline
+}
+
 fn keys(names: &[&str]) -> Vec<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
@@ -133,12 +149,8 @@ fn next_offsets(completed: Option<Completed>) -> Vec<(i32, i64)> {
 #[test]
 fn batches_complete_in_the_order_they_were_handed_over() {
     let producer = ScriptedProducer::answering(vec![Some(Ok(())), Some(Ok(()))]);
-    let mut pipeline = Pipeline::new(&producer);
+    let mut pipeline = handed_over(&producer, &[("a", 2), ("b", 1)]);
     let context = context();
-    let (a, a_out) = batch("a", 0, 2);
-    let (b, b_out) = batch("b", 2, 1);
-    pipeline.hand_over(a, a_out).unwrap();
-    pipeline.hand_over(b, b_out).unwrap();
     assert_eq!(pipeline.len(), 2);
 
     assert_eq!(
@@ -168,12 +180,8 @@ fn a_partial_failure_resends_from_the_first_unacknowledged_and_the_batch_behind_
         Some(Ok(())),
         Some(Ok(())),
     ]);
-    let mut pipeline = Pipeline::new(&producer);
+    let mut pipeline = handed_over(&producer, &[("a", 3), ("b", 2)]);
     let context = context();
-    let (a, a_out) = batch("a", 0, 3);
-    let (b, b_out) = batch("b", 3, 2);
-    pipeline.hand_over(a, a_out).unwrap();
-    pipeline.hand_over(b, b_out).unwrap();
 
     assert_eq!(
         next_offsets(pipeline.complete_oldest(&context).unwrap()),
@@ -202,12 +210,8 @@ fn a_fatal_acknowledgement_stops_and_nothing_behind_it_completes() {
         Some(Err(PublishError::Fatal("fenced".into()))),
         Some(Ok(())),
     ]);
-    let mut pipeline = Pipeline::new(&producer);
+    let mut pipeline = handed_over(&producer, &[("a", 1), ("b", 1)]);
     let context = context();
-    let (a, a_out) = batch("a", 0, 1);
-    let (b, b_out) = batch("b", 1, 1);
-    pipeline.hand_over(a, a_out).unwrap();
-    pipeline.hand_over(b, b_out).unwrap();
 
     match pipeline.complete_oldest(&context) {
         Err(Interrupted::Fatal(LoopError::PublishFatal(why))) => assert_eq!(why, "fenced"),
@@ -221,12 +225,8 @@ fn a_fatal_acknowledgement_stops_and_nothing_behind_it_completes() {
 #[test]
 fn shutdown_gives_up_on_an_acknowledgement_after_the_grace_and_completes_nothing() {
     let producer = ScriptedProducer::answering(vec![None, Some(Ok(()))]);
-    let mut pipeline = Pipeline::new(&producer);
+    let mut pipeline = handed_over(&producer, &[("a", 1), ("b", 1)]);
     let context = context();
-    let (a, a_out) = batch("a", 0, 1);
-    let (b, b_out) = batch("b", 1, 1);
-    pipeline.hand_over(a, a_out).unwrap();
-    pipeline.hand_over(b, b_out).unwrap();
     context.shutdown.store(true, Ordering::Release);
 
     assert!(matches!(
@@ -240,10 +240,8 @@ fn shutdown_gives_up_on_an_acknowledgement_after_the_grace_and_completes_nothing
 #[test]
 fn a_slow_acknowledgement_shows_the_partition_stalled_until_it_comes() {
     let producer = ScriptedProducer::answering(vec![None]);
-    let mut pipeline = Pipeline::new(&producer);
+    let mut pipeline = handed_over(&producer, &[("a", 1)]);
     let context = context();
-    let (a, a_out) = batch("a", 0, 1);
-    pipeline.hand_over(a, a_out).unwrap();
     let answer = std::thread::scope(|scope| {
         let waiter = scope.spawn(|| pipeline.complete_oldest(&context).map(|c| c.is_some()));
         let deadline = Instant::now() + Duration::from_secs(10);

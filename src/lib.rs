@@ -5,8 +5,10 @@
 //! The data path, one module per stage:
 //! [`consume`] (poll, decode, apply, hand over, acknowledge, store offsets) →
 //! [`wire`] (Avro through the Schema Registry) → [`domain`] (the rules of SPEC §5) and
-//! [`db`] (one transaction per batch) → [`produce`] (the producer thread: encode,
-//! produce, report acknowledgements back).
+//! [`db`] (one transaction per batch, the events into an outbox) → [`produce`] (the
+//! producer thread: encode, produce, report acknowledgements back); [`outbox`] (one
+//! publisher per database sends the BalanceChanged events in each account's commit
+//! order).
 //!
 //! Around it: [`config`] (environment variables, declared once), [`kafka`] (client
 //! settings, the dead-letter topic), [`ops`] (metrics, health and readiness over HTTP,
@@ -23,5 +25,6 @@ pub mod domain;
 pub(crate) mod kafka;
 pub mod logging;
 pub mod ops;
+pub(crate) mod outbox;
 pub(crate) mod produce;
 pub mod wire;

@@ -1,11 +1,13 @@
 //! Wiring: start-up in stages, the three threads, and shutdown on SIGTERM / SIGINT.
 //!
 //! [`App::start`] runs the stages of [`startup`] in order and gives a [`Running`]
-//! handler: two consumer threads (one per command topic) and one producer thread,
-//! joined by an `mpsc` channel, and the HTTP thread. [`Running::wait`] owns the
-//! shutdown order: a signal stops the consumers after their batches in flight and they
-//! commit their last offsets; the producer thread then flushes; the HTTP thread stops;
-//! last, the consumers are dropped and leave their group.
+//! handler: two consumer threads (one per command topic), the publisher of the
+//! outbox's BalanceChanged events, and one producer thread that all three feed over an
+//! `mpsc` channel, and the HTTP thread. [`Running::wait`] owns the shutdown order: a
+//! signal stops the consumers after their batches in flight and they commit their last
+//! offsets; the publisher publishes what they committed and lets go of its lock; the
+//! producer thread then flushes; the HTTP thread stops; last, the consumers are dropped
+//! and leave their group.
 
 mod startup;
 
@@ -23,6 +25,7 @@ use crate::consume::kinds::{AccountCreations, MoneyTransfers};
 use crate::db::Database;
 use crate::ops::http;
 use crate::ops::metrics::Metrics;
+use crate::outbox::PublisherError;
 use crate::wire::{REGISTRY_TIMEOUT, limit_datum_allocations};
 
 /// Why the handler stopped other than by a signal; `main` turns it into an exit code.
@@ -33,6 +36,9 @@ pub enum RunError {
     /// A consumer loop stopped for good.
     #[error(transparent)]
     Loop(#[from] LoopError),
+    /// The publisher of the BalanceChanged events stopped for good.
+    #[error(transparent)]
+    Publisher(#[from] PublisherError),
 }
 
 /// The handler before it runs.
@@ -42,6 +48,7 @@ pub struct App;
 pub struct Running {
     shutdown: Arc<AtomicBool>,
     loops: Vec<StartedLoop>,
+    publisher: JoinHandle<Result<(), PublisherError>>,
     producer: JoinHandle<()>,
     http: Option<HttpThread>,
 }
@@ -73,11 +80,14 @@ impl App {
 
         limit_datum_allocations();
         let producer = startup::start_producer(config, encoder)?;
+        let publisher =
+            startup::start_publisher(config, &database, &producer.publish, &shutdown, &metrics)?;
         let inputs = LoopInputs {
             config,
             registry: &registry,
             database: &database,
             publish: &producer.publish,
+            outbox: &publisher.signal,
             shutdown: &shutdown,
             metrics: &metrics,
             dead_letter_limit,
@@ -86,7 +96,9 @@ impl App {
             startup::start_loop::<AccountCreations>(&inputs)?,
             startup::start_loop::<MoneyTransfers>(&inputs)?,
         ];
-        // The loops hold the only senders now: once they stop, the producer thread ends.
+        // The loops hold the only signals now: once they stop, the publisher ends; then
+        // the publisher and the loops hold the only senders: the producer thread ends.
+        drop(publisher.signal);
         drop(producer.publish);
         if let Some(http) = &http {
             let clients = http::KafkaClients {
@@ -101,6 +113,7 @@ impl App {
         Ok(Some(Running {
             shutdown,
             loops,
+            publisher: publisher.thread,
             producer: producer.thread,
             http,
         }))
@@ -114,6 +127,7 @@ impl Running {
         let Running {
             shutdown,
             loops,
+            publisher,
             producer,
             http,
         } = self;
@@ -126,7 +140,11 @@ impl Running {
             }
             consumers.push(started.consumer);
         }
-        // The loops dropped their senders: the producer flushes and ends.
+        // The loops stopped: the publisher publishes what they committed last and ends.
+        if let Err(stopped) = join(publisher) {
+            failure.get_or_insert(RunError::Publisher(stopped));
+        }
+        // The loops and the publisher dropped their senders: the producer flushes, ends.
         join(producer);
         // The consumers are done, so the shutdown flag is up and the server stops too.
         shutdown.store(true, Ordering::Release);

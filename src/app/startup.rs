@@ -23,6 +23,7 @@ use crate::kafka::topics::{self, TopicError};
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::http;
 use crate::ops::metrics::Metrics;
+use crate::outbox::{self, OutboxSignal, PublisherError, PublisherParts};
 use crate::produce::{self, AnswerProducer, PublishRequest, run_producer};
 use crate::wire::{AnswerEncoder, InvalidRegistryUrl, SubjectError, registry_settings};
 
@@ -229,6 +230,39 @@ pub(super) fn start_producer(
 }
 
 /// A consumer loop started on its thread.
+pub(super) struct PublisherThread {
+    /// For the loops; dropped by all of them, it tells the publisher they stopped.
+    pub signal: OutboxSignal,
+    pub thread: JoinHandle<Result<(), PublisherError>>,
+}
+
+/// The publisher of the outbox's BalanceChanged events (it stands by while another
+/// instance publishes). When it fails for good the loops are stopped too.
+pub(super) fn start_publisher(
+    config: &Config,
+    database: &Database,
+    publish: &mpsc::Sender<PublishRequest>,
+    shutdown: &Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
+) -> Result<PublisherThread, StartupError> {
+    let (signal, publisher) = outbox::outbox(PublisherParts {
+        database: database.clone(),
+        publish: publish.clone(),
+        topic: config.topics.balance_changed.as_str().into(),
+        shutdown: Arc::clone(shutdown),
+        metrics: Arc::clone(metrics),
+    });
+    let shutdown = Arc::clone(shutdown);
+    let thread = spawn("publisher", move || {
+        let outcome = publisher.run();
+        if outcome.is_err() {
+            shutdown.store(true, std::sync::atomic::Ordering::Release);
+        }
+        outcome
+    })?;
+    Ok(PublisherThread { signal, thread })
+}
+
 pub(super) struct StartedLoop {
     /// Also read by the readiness probe.
     pub consumer: Arc<CommandConsumer>,
@@ -243,6 +277,7 @@ pub(super) struct LoopInputs<'a> {
     pub registry: &'a SrSettings,
     pub database: &'a Database,
     pub publish: &'a mpsc::Sender<PublishRequest>,
+    pub outbox: &'a OutboxSignal,
     pub shutdown: &'a Arc<AtomicBool>,
     pub metrics: &'a Arc<Metrics>,
     pub dead_letter_limit: usize,
@@ -269,6 +304,7 @@ pub(super) fn start_loop<K: CommandKind + 'static>(
         topics: &inputs.config.topics,
         dead_letter_limit: inputs.dead_letter_limit,
         publish: inputs.publish.clone(),
+        outbox: inputs.outbox.clone(),
         shutdown: inputs.shutdown,
         metrics: inputs.metrics,
         batch_size: inputs.config.batch_size,

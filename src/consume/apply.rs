@@ -1,7 +1,8 @@
 //! Stage 2, apply: the commands of a batch in one database transaction, retried while
 //! the failure is transient; when the database refuses the batch in a way that will
 //! recur, each command in a transaction of its own, and the one refused is dead-lettered.
-//! Ends with what to publish, in record order.
+//! Ends with what to publish, in record order: the answers and dead letters; the
+//! BalanceChanged events are in the outbox, committed with the batch.
 
 use log::{debug, warn};
 use rdkafka::Message;
@@ -65,10 +66,10 @@ impl<K: CommandKind> CommandLoop<K> {
             outcomes[index] = Some(Err(reason));
         }
         let mut applied = Applied {
-            outbound: Vec::with_capacity(batch.len() * 2),
-            with_events: Vec::new(),
+            outbound: Vec::with_capacity(batch.len()),
             tally: BatchTally::default(),
         };
+        let mut wrote_events = false;
         for (record, outcome) in batch.records.iter().zip(outcomes) {
             let at = At(record);
             match outcome {
@@ -77,16 +78,14 @@ impl<K: CommandKind> CommandLoop<K> {
                     debug!("{at} command {id}: {}: {answer:?}", K::NAME);
                     // Decoding checked that the key is there.
                     let key = record.key().unwrap_or_default();
-                    if K::answer(
+                    wrote_events |= K::answer(
                         id,
                         key,
                         answer,
                         &self.destinations,
                         &mut applied.outbound,
                         &mut applied.tally,
-                    ) {
-                        applied.with_events.push(id);
-                    }
+                    );
                 }
                 Some(Err(reason)) => {
                     warn!(
@@ -106,6 +105,9 @@ impl<K: CommandKind> CommandLoop<K> {
                 }
             }
         }
+        if wrote_events {
+            self.outbox.committed();
+        }
         Ok(applied)
     }
 
@@ -120,23 +122,18 @@ impl<K: CommandKind> CommandLoop<K> {
         if commands.is_empty() {
             return Ok(Ok(Vec::new()));
         }
-        // The acknowledged events are forgotten by this transaction: once it commits,
-        // they are done with; if it does not, the next one carries them.
-        let outcome = self.context.retries(batch).run(what, || {
+        self.context.retries(batch).run(what, || {
+            let wake = self.outbox.wake();
             let attempt = self
                 .database
                 .connection()
-                .and_then(|mut conn| Ok(K::apply(&mut conn, commands, &self.acknowledged_events)?));
+                .and_then(|mut conn| Ok(K::apply(&mut conn, commands, wake)?));
             match attempt {
                 Ok(answers) => Ok(Ok(answers)),
                 Err(error) if error.failure() == DbFailure::Permanent => Ok(Err(error)),
                 Err(error) => Err(Attempt::Transient(error)),
             }
-        });
-        if matches!(outcome, Ok(Ok(_))) {
-            self.acknowledged_events.clear();
-        }
-        outcome
+        })
     }
 
     /// Each command in a transaction of its own: the answer, or why the database

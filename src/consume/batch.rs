@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use uuid::Uuid;
 
 use crate::ops::metrics::BatchTally;
 use crate::produce::Outbound;
@@ -32,11 +31,9 @@ pub(crate) struct Decoded<C> {
     pub intake: Vec<Intake<C>>,
 }
 
-/// Stage 2's result: what to publish, in record order; the transfers whose events are
-/// in it (forgotten once acknowledged); what the batch came to.
+/// Stage 2's result: what to publish, in record order; what the batch came to.
 pub(crate) struct Applied {
     pub outbound: Vec<Outbound>,
-    pub with_events: Vec<Uuid>,
     pub tally: BatchTally,
 }
 

@@ -10,7 +10,7 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 use crate::config::CommandTopic;
-use crate::db::{apply, transfers};
+use crate::db::apply::{self, Wake};
 use crate::domain::{
     AccountCreationCommand, AccountCreationOutcome, RecordPosition, TransferAnswer, TransferCommand,
 };
@@ -36,28 +36,16 @@ pub(crate) trait CommandKind {
         value: &[u8],
     ) -> Result<Self::Command, DecodeError>;
 
-    /// The batch transaction: one answer per command, in command order. `acknowledged`:
-    /// the commands whose events Kafka acknowledged since the last batch, forgotten in
-    /// the same transaction (one round trip less per batch).
+    /// The batch transaction: one answer per command, in command order. Events it
+    /// writes to the outbox wake the publisher as `wake` says.
     fn apply(
         conn: &mut PgConnection,
         commands: &[Self::Command],
-        acknowledged: &[Uuid],
+        wake: Wake,
     ) -> QueryResult<Vec<Self::Answer>>;
 
-    /// Forgets the events of `acknowledged` on its own, when no batch comes to carry it.
-    fn forget(_conn: &mut PgConnection, _acknowledged: &[Uuid]) -> QueryResult<usize> {
-        Ok(0)
-    }
-
-    /// Housekeeping once the offsets after a batch are stored (`next`: partition and
-    /// offset): events of transfers before them are no longer needed.
-    fn offsets_stored(_conn: &mut PgConnection, _next: &[(i32, i64)]) -> QueryResult<usize> {
-        Ok(0)
-    }
-
-    /// The records that answer `answer` (the answer first, then any events), counted
-    /// in `tally`; true when events are among them.
+    /// The record that answers `answer`, counted in `tally`; true when the command
+    /// wrote events to the outbox (the publisher sends them).
     fn answer(
         id: Uuid,
         key: &[u8],
@@ -95,7 +83,7 @@ impl CommandKind for AccountCreations {
     fn apply(
         conn: &mut PgConnection,
         commands: &[AccountCreationCommand],
-        _acknowledged: &[Uuid],
+        _wake: Wake,
     ) -> QueryResult<Vec<AccountCreationOutcome>> {
         apply::apply_account_creations(conn, commands)
     }
@@ -167,21 +155,9 @@ impl CommandKind for MoneyTransfers {
     fn apply(
         conn: &mut PgConnection,
         commands: &[TransferCommand],
-        acknowledged: &[Uuid],
+        wake: Wake,
     ) -> QueryResult<Vec<TransferAnswer>> {
-        apply::apply_transfers(conn, commands, acknowledged)
-    }
-
-    fn forget(conn: &mut PgConnection, acknowledged: &[Uuid]) -> QueryResult<usize> {
-        transfers::forget_published_balance_changes(conn, acknowledged)
-    }
-
-    fn offsets_stored(conn: &mut PgConnection, next: &[(i32, i64)]) -> QueryResult<usize> {
-        let mut swept = 0;
-        for (partition, offset) in next {
-            swept += transfers::sweep_balance_changes_before(conn, *partition, *offset)?;
-        }
-        Ok(swept)
+        apply::apply_transfers(conn, commands, wake)
     }
 
     fn answer(
@@ -207,16 +183,6 @@ impl CommandKind for MoneyTransfers {
             key.to_vec(),
             record,
         ));
-        let with_events = !answer.balance_changes.is_empty();
-        for change in answer.balance_changes {
-            // Events are keyed by their IBAN, as the JVM handler does.
-            let iban = change.iban.clone().into_bytes();
-            outbound.push(Outbound::record(
-                &to.balance_changed,
-                iban,
-                OutputRecord::BalanceChanged(change),
-            ));
-        }
-        with_events
+        !answer.balance_changes.is_empty()
     }
 }

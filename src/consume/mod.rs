@@ -8,15 +8,18 @@
 //!
 //! 1. decodes every record; a record that cannot be a command is dead-lettered;
 //! 2. applies the commands in one database transaction that also records each outcome
-//!    under its command id ([`crate::db::apply`]);
-//! 3. hands the answers, BalanceChanged events and dead letters to the producer thread
-//!    and waits until Kafka has acknowledged every one of them;
+//!    under its command id and writes the BalanceChanged events to the outbox
+//!    ([`crate::db::apply`]), which [`crate::outbox`] publishes in each account's
+//!    commit order, whichever instance committed them;
+//! 3. hands the answers and dead letters to the producer thread and waits until Kafka
+//!    has acknowledged every one of them;
 //! 4. only then stores the offsets (`enable.auto.offset.store=false`), which librdkafka
 //!    commits in the background and on shutdown.
 //!
 //! A crash anywhere before 4 makes Kafka deliver the batch again; step 2 then finds the
 //! recorded outcomes and answers exactly as the first time, so nothing is lost and
-//! nothing is applied twice (answers may be duplicated).
+//! nothing is applied twice (answers may be duplicated). Events committed are in the
+//! outbox until Kafka acknowledged them, so none is lost either.
 //!
 //! Batches are pipelined ([`pipeline`]): while Kafka acknowledges batch N (step 3),
 //! batch N+1 is decoded and applied (steps 1 and 2) and handed to the producer behind
@@ -52,7 +55,6 @@ use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use schema_registry_converter::blocking::schema_registry::SrSettings;
-use uuid::Uuid;
 
 use self::batch::{Batch, Decoded, Intake};
 use self::consumer::CommandConsumer;
@@ -64,11 +66,9 @@ use crate::config::Topics;
 use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::metrics::Metrics;
+use crate::outbox::OutboxSignal;
 use crate::produce::{Destinations, PublishRequest};
 use crate::wire::{CommandDecoder, DecodeError};
-
-/// How often a loop runs its kind's housekeeping after storing offsets.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How many batches wait for their acknowledgement while the next one is applied.
 const BATCHES_IN_FLIGHT: usize = 1;
@@ -85,6 +85,7 @@ pub(crate) struct LoopParts<'a> {
     /// The largest dead letter its topic takes.
     pub dead_letter_limit: usize,
     pub publish: mpsc::Sender<PublishRequest>,
+    pub outbox: OutboxSignal,
     pub shutdown: &'a Arc<AtomicBool>,
     pub metrics: &'a Arc<Metrics>,
     pub batch_size: usize,
@@ -101,11 +102,8 @@ pub(crate) struct CommandLoop<K: CommandKind> {
     batch_size: usize,
     /// The batches handed to the producer, waiting for Kafka's acknowledgement.
     pipeline: Pipeline<mpsc::Sender<PublishRequest>>,
-    /// Transfers whose events Kafka acknowledged: forgotten by the next transaction, or
-    /// on their own when the topic is quiet.
-    acknowledged_events: Vec<Uuid>,
-    /// When the kind's housekeeping runs next ([`CommandKind::offsets_stored`]).
-    next_sweep: Instant,
+    /// Whether this instance publishes the outbox, and how to wake it.
+    outbox: OutboxSignal,
     /// `fn() -> K`: the loop holds no `K`, so it is `Send` whatever `K` is.
     kind: PhantomData<fn() -> K>,
 }
@@ -128,8 +126,7 @@ impl<K: CommandKind> CommandLoop<K> {
             destinations: Destinations::new(parts.topics, parts.dead_letter_limit),
             batch_size: parts.batch_size,
             pipeline: Pipeline::new(parts.publish),
-            acknowledged_events: Vec::new(),
-            next_sweep: Instant::now(),
+            outbox: parts.outbox,
             kind: PhantomData,
         }
     }
@@ -151,7 +148,6 @@ impl<K: CommandKind> CommandLoop<K> {
             Ok(()) | Err(Interrupted::Shutdown) => Ok(()),
             Err(Interrupted::Fatal(error)) => Err(error),
         };
-        self.forget_acknowledged();
         // Commit what was stored, then leave the group, so a successor starts where
         // this instance stopped.
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -170,10 +166,8 @@ impl<K: CommandKind> CommandLoop<K> {
             self.context.heartbeat.beat();
             let batch = self.poll_batch();
             if batch.is_empty() {
-                // Quiet: nothing comes behind what is in flight to carry the forgetting.
-                if self.complete_in_flight()? == 0 {
-                    self.forget_acknowledged();
-                }
+                // Quiet: nothing comes behind what is in flight.
+                self.complete_in_flight()?;
                 continue;
             }
             let decoded = self.decode(&batch)?;
@@ -270,14 +264,9 @@ impl<K: CommandKind> CommandLoop<K> {
         Ok(completed)
     }
 
-    /// Stage 4: counts an acknowledged batch, keeps its transfers to forget, and stores
-    /// its offsets.
+    /// Stage 4: counts an acknowledged batch and stores its offsets.
     fn finish(&mut self, completed: Completed) {
-        let Completed {
-            batch,
-            with_events,
-            tally,
-        } = completed;
+        let Completed { batch, tally } = completed;
         self.context.metrics.batch_done(
             K::TOPIC,
             self.topic(),
@@ -285,33 +274,11 @@ impl<K: CommandKind> CommandLoop<K> {
             batch.len(),
             batch.polled_at.elapsed(),
         );
-        self.acknowledged_events.extend(with_events);
         self.store_offsets(&batch);
     }
 
-    /// Deletes the recorded events of acknowledged batches that no next batch carried.
-    /// Best effort: if it fails, a later redelivery publishes them once more, which is
-    /// allowed, and the sweep takes them.
-    fn forget_acknowledged(&mut self) {
-        if self.acknowledged_events.is_empty() {
-            return;
-        }
-        let acknowledged = std::mem::take(&mut self.acknowledged_events);
-        let result = self
-            .database
-            .connection()
-            .and_then(|mut conn| Ok(K::forget(&mut conn, &acknowledged)?));
-        if let Err(error) = result {
-            warn!(
-                "could not forget the published events of {} transfers: {error}",
-                acknowledged.len()
-            );
-        }
-    }
-
     /// Stores, per partition, the offset after the batch's last record. Fails only for
-    /// partitions revoked meanwhile, whose new owner redelivers those records. Then,
-    /// now and then, the kind's housekeeping that needs the stored offsets.
+    /// partitions revoked meanwhile, whose new owner redelivers those records.
     fn store_offsets(&mut self, batch: &Batch) {
         if let Err(error) = self
             .consumer
@@ -321,23 +288,6 @@ impl<K: CommandKind> CommandLoop<K> {
                 "offsets of {} not stored (partition revoked?): {error}",
                 batch.describe()
             );
-            return;
-        }
-        if Instant::now() < self.next_sweep {
-            return;
-        }
-        self.next_sweep = Instant::now() + SWEEP_INTERVAL;
-        let swept = self
-            .database
-            .connection()
-            .and_then(|mut conn| Ok(K::offsets_stored(&mut conn, &batch.next_offsets())?));
-        match swept {
-            Ok(0) => {}
-            Ok(rows) => info!("swept {rows} leftover event rows of {}", self.topic()),
-            Err(error) => warn!(
-                "sweeping leftover event rows of {} failed: {error}",
-                self.topic()
-            ),
         }
     }
 }

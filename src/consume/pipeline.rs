@@ -15,7 +15,6 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use log::warn;
-use uuid::Uuid;
 
 use super::batch::{Applied, Batch};
 use super::retry::{Attempt, Hold, Interrupted, LoopContext, LoopError};
@@ -46,7 +45,6 @@ struct InFlight {
     records: Arc<Vec<Outbound>>,
     /// The first send's outcome, still to come.
     acknowledgement: Acknowledgement,
-    with_events: Vec<Uuid>,
     tally: BatchTally,
     /// A batch ahead of this one was sent again after this one was handed over: this
     /// one goes again in full behind it.
@@ -56,8 +54,6 @@ struct InFlight {
 /// A batch Kafka acknowledged in full: its offsets may be stored now.
 pub(super) struct Completed {
     pub batch: Batch,
-    /// The transfers whose events are acknowledged, to forget in the database.
-    pub with_events: Vec<Uuid>,
     pub tally: BatchTally,
 }
 
@@ -89,7 +85,6 @@ impl<P: Publish> Pipeline<P> {
             batch,
             records,
             acknowledgement,
-            with_events: applied.with_events,
             tally: applied.tally,
             send_again: false,
         });
@@ -133,7 +128,6 @@ impl<P: Publish> Pipeline<P> {
             batch,
             mut records,
             acknowledgement,
-            with_events,
             tally,
             send_again,
         } = in_flight;
@@ -184,11 +178,7 @@ impl<P: Publish> Pipeline<P> {
                 }
             }
         })?;
-        let completed = Completed {
-            batch,
-            with_events,
-            tally,
-        };
+        let completed = Completed { batch, tally };
         Ok((completed, sent_again))
     }
 }

@@ -112,7 +112,6 @@ fn batch(name: &str, first_offset: i64, records: usize) -> (Batch, Applied) {
         .collect();
     let applied = Applied {
         outbound,
-        with_events: Vec::new(),
         tally: BatchTally::default(),
     };
     let batch = Batch {

@@ -17,6 +17,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::db::accounts::{self, NewAccountCreation, NewBalance};
+use crate::db::outbox;
 use crate::db::transfers::{self, NewBalanceChange, NewTransfer};
 use crate::domain::account::{IBAN_TAKEN, draw_new_accounts};
 use crate::domain::transfer::{ibans_touched, settle_transfer};
@@ -89,37 +90,30 @@ pub fn apply_account_creations(
     })
 }
 
+/// Where the publisher of the events a batch writes runs, as far as the loop knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// This instance publishes: the loop wakes it in process after the commit.
+    InThisInstance,
+    /// Another instance may: the transaction also notifies it through PostgreSQL.
+    ElsewhereToo,
+}
+
 /// Applies the transfers not seen before, in command order; answers, in command order.
-/// First forgets the events of `acknowledged`, transfers of earlier batches whose
-/// events Kafka acknowledged (see [`transfers::forget_published_balance_changes`]).
 ///
-/// A command whose id was recorded is answered as recorded. Its BalanceChanged events
-/// are published again only when this is the very record that was applied and its
-/// events were not yet acknowledged by Kafka (a redelivery after a crash; the consumer
-/// loop forgets the events once acknowledged). A different record with the same id is
-/// a duplicate command and changes nothing downstream.
+/// The BalanceChanged events of the confirmed ones go into the outbox in the same
+/// transaction (see [`crate::outbox`]), after the accounts are locked, so for each
+/// account their `seq` follows the order of its balance changes. A command whose id was
+/// recorded is answered as recorded and writes no event: if its first record's events
+/// are still unpublished (a crash), they are in the outbox already.
 pub fn apply_transfers(
     conn: &mut PgConnection,
     commands: &[TransferCommand],
-    acknowledged: &[Uuid],
+    wake: Wake,
 ) -> QueryResult<Vec<TransferAnswer>> {
     conn.transaction(|conn| {
-        if !acknowledged.is_empty() {
-            transfers::forget_published_balance_changes(conn, acknowledged)?;
-        }
         let ids: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
         let recorded = transfers::recorded_transfers(conn, &ids)?;
-        let redelivered: HashSet<Uuid> = commands
-            .iter()
-            .filter(|c| {
-                recorded
-                    .get(&c.id)
-                    .is_some_and(|r| r.first_seen_at == Some(c.read_at))
-            })
-            .map(|c| c.id)
-            .collect();
-        let redelivered_ids: Vec<Uuid> = redelivered.iter().copied().collect();
-        let mut replayed_events = transfers::recorded_balance_changes(conn, &redelivered_ids)?;
 
         let mut seen = HashSet::new();
         let fresh: Vec<&TransferCommand> = commands
@@ -193,7 +187,12 @@ pub fn apply_transfers(
                     )
                 })
                 .collect();
-        transfers::insert_balance_changes(conn, &change_rows)?;
+        if !change_rows.is_empty() {
+            transfers::insert_balance_changes(conn, &change_rows)?;
+            if wake == Wake::ElsewhereToo {
+                outbox::wake_publisher(conn)?;
+            }
+        }
 
         // Answers in command order. The first occurrence in the batch of a fresh id gets
         // the events; a repeat of it within the batch is a duplicate command.
@@ -210,15 +209,9 @@ pub fn apply_transfers(
                         balance_changes: vec![],
                     };
                 }
-                let failure = recorded[&c.id].reason.clone();
-                let balance_changes = if redelivered.contains(&c.id) {
-                    replayed_events.remove(&c.id).unwrap_or_default()
-                } else {
-                    vec![]
-                };
                 TransferAnswer {
-                    failure,
-                    balance_changes,
+                    failure: recorded[&c.id].clone(),
+                    balance_changes: vec![],
                 }
             })
             .collect())
@@ -318,36 +311,32 @@ mod tests {
     }
 
     #[test]
-    fn a_transfer_is_applied_once_and_its_events_replayed_only_for_its_own_record() {
+    fn a_transfer_is_applied_once_and_its_events_written_once_to_the_outbox() {
         let mut db = TestDatabase::new("transfers");
         let conn = &mut db.conn;
         let (iban, _) = open(conn, Uuid::new_v4());
         let id = Uuid::new_v4();
         let deposit = transfer(id, 7, "cash", &iban, "", 500);
-        let answers = apply_transfers(conn, std::slice::from_ref(&deposit), &[]).unwrap();
+        let answers =
+            apply_transfers(conn, std::slice::from_ref(&deposit), Wake::InThisInstance).unwrap();
         assert_eq!(answers[0].failure, None);
         assert_eq!(answers[0].balance_changes.len(), 1);
         assert_eq!(answers[0].balance_changes[0].new_balance, 500);
 
-        // The same record again (a crash before the acknowledgement): the same answer
-        // and events, no second deposit.
-        assert_eq!(
-            apply_transfers(conn, std::slice::from_ref(&deposit), &[]).unwrap(),
-            answers
-        );
-        // Another record with the same id: a duplicate command, answered without events.
+        // The same record again (a crash before the acknowledgement) and another record
+        // with the same id: answered as recorded, no second deposit, no second event.
         let duplicate = transfer(id, 8, "cash", &iban, "", 500);
-        let answer = &apply_transfers(conn, &[duplicate], &[]).unwrap()[0];
-        assert_eq!(
-            (answer.failure.as_deref(), answer.balance_changes.len()),
-            (None, 0)
-        );
+        for again in [deposit, duplicate] {
+            let answer = &apply_transfers(conn, &[again], Wake::InThisInstance).unwrap()[0];
+            assert_eq!(
+                (answer.failure.as_deref(), answer.balance_changes.len()),
+                (None, 0)
+            );
+        }
         assert_eq!(amount_and_limit(conn, &iban).0, 500);
-
-        // Once Kafka acknowledged the events, the next batch's transaction forgets them
-        // first: a redelivery in it does not publish them again.
-        let answer = &apply_transfers(conn, &[deposit], &[id]).unwrap()[0];
-        assert!(answer.balance_changes.is_empty());
+        let outbox = outbox::take_published_and_read_next(conn, &[], 10).unwrap();
+        let events: Vec<_> = outbox.into_iter().map(|e| e.event).collect();
+        assert_eq!(events, answers[0].balance_changes);
     }
 
     #[test]
@@ -362,7 +351,7 @@ mod tests {
             transfer(Uuid::new_v4(), 2, &iban, BANK_IBAN, &token, 50_100),
             transfer(Uuid::new_v4(), 3, &iban, BANK_IBAN, "wrong", 1),
         ];
-        let failures: Vec<Option<String>> = apply_transfers(conn, &batch, &[])
+        let failures: Vec<Option<String>> = apply_transfers(conn, &batch, Wake::InThisInstance)
             .unwrap()
             .into_iter()
             .map(|answer| answer.failure)

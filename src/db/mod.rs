@@ -5,6 +5,7 @@
 pub(crate) mod accounts;
 pub mod apply;
 pub(crate) mod migrations;
+pub(crate) mod outbox;
 pub(crate) mod schema;
 #[cfg(test)]
 pub(crate) mod test_database;
@@ -69,6 +70,8 @@ pub(crate) type Connection = diesel::r2d2::PooledConnection<ConnectionManager<Pg
 #[derive(Clone)]
 pub struct Database {
     pool: PgPool,
+    /// For sessions of their own ([`Database::session`]); holds the password.
+    url: std::sync::Arc<str>,
     password: Option<String>,
 }
 
@@ -85,12 +88,24 @@ impl Database {
                 password: password.clone(),
             }))
             .build_unchecked(ConnectionManager::new(database_url));
-        Database { pool, password }
+        Database {
+            pool,
+            url: database_url.into(),
+            password,
+        }
     }
 
     pub fn connection(&self) -> Result<Connection, DbError> {
         self.pool
             .get()
+            .map_err(|e| DbError::Unreachable(self.scrub(&e.to_string())))
+    }
+
+    /// A connection of its own, outside the pool: for a session whose state must not
+    /// pass to another user of the pool (the publisher's advisory lock lives with it).
+    pub fn session(&self) -> Result<PgConnection, DbError> {
+        use diesel::Connection as _;
+        PgConnection::establish(&self.url)
             .map_err(|e| DbError::Unreachable(self.scrub(&e.to_string())))
     }
 

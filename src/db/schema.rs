@@ -42,6 +42,7 @@ diesel::table! {
         changed_by -> Int8,
         from_to -> Bytea,
         description -> Bytea,
+        seq -> Int8,
     }
 }
 

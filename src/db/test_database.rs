@@ -11,6 +11,7 @@ use super::migrations::run_migrations;
 pub(crate) struct TestDatabase {
     admin_url: String,
     name: String,
+    url: String,
     pub conn: PgConnection,
 }
 
@@ -38,14 +39,22 @@ impl TestDatabase {
         let (server, _) = admin_url
             .rsplit_once('/')
             .expect("a URL with a database name");
-        let mut conn = PgConnection::establish(&format!("{server}/{name}"))
+        let url = format!("{server}/{name}");
+        let mut conn = PgConnection::establish(&url)
             .unwrap_or_else(|e| panic!("cannot reach database {name}: {e}"));
         run_migrations(&mut conn).unwrap_or_else(|e| panic!("migrations failed: {e}"));
         TestDatabase {
             admin_url,
             name,
+            url,
             conn,
         }
+    }
+
+    /// A second session on the same database.
+    pub fn other_connection(&self) -> PgConnection {
+        PgConnection::establish(&self.url)
+            .unwrap_or_else(|e| panic!("cannot reach database {}: {e}", self.name))
     }
 }
 

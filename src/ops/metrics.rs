@@ -45,6 +45,14 @@ const CONSUMER_LAG: Describe = (
     "consumer_lag",
     "Records of an assigned partition not yet handled (librdkafka statistics, taken while the loop polls)",
 );
+const BALANCE_CHANGED_PUBLISHED: Describe = (
+    "balance_changed_published",
+    "BalanceChanged events this instance published from the outbox (acknowledged by Kafka; one sent again after a failure counts again)",
+);
+const BALANCE_CHANGED_PUBLISHER: Describe = (
+    "balance_changed_publisher",
+    "1 while this instance publishes the outbox's BalanceChanged events (one instance per database does), else 0",
+);
 const BUILD_INFO: Describe = ("build_info", "The handler's version");
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
@@ -90,6 +98,8 @@ pub struct Metrics {
     processing_seconds: Family<CommandTypeLabel, Histogram, fn() -> Histogram>,
     batch_retries: Family<TopicLabel, Counter>,
     consumer_lag: Family<PartitionLabels, Gauge>,
+    balance_changed_published: Counter,
+    balance_changed_publisher: Gauge,
     /// The partitions with a lag gauge, by topic, so that those no longer assigned
     /// lose theirs.
     lag_reported: Mutex<BTreeMap<String, BTreeSet<i32>>>,
@@ -121,6 +131,8 @@ impl Metrics {
         let processing_seconds = register(r, PROCESSING_SECONDS, histograms);
         let batch_retries = register(r, BATCH_RETRIES, Family::default());
         let consumer_lag = register(r, CONSUMER_LAG, Family::default());
+        let balance_changed_published = register(r, BALANCE_CHANGED_PUBLISHED, Counter::default());
+        let balance_changed_publisher = register(r, BALANCE_CHANGED_PUBLISHER, Gauge::default());
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         let build_info: Family<_, Gauge> = register(r, BUILD_INFO, Family::default());
         build_info.get_or_create(&version).set(1);
@@ -131,6 +143,8 @@ impl Metrics {
             processing_seconds,
             batch_retries,
             consumer_lag,
+            balance_changed_published,
+            balance_changed_publisher,
             lag_reported: Mutex::default(),
             stalls: Stalls::default(),
         }
@@ -169,6 +183,16 @@ impl Metrics {
         for _ in 0..records {
             histogram.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts BalanceChanged events Kafka acknowledged.
+    pub fn balance_events_published(&self, events: usize) {
+        self.balance_changed_published.inc_by(events as u64);
+    }
+
+    /// Whether this instance publishes the outbox now.
+    pub fn balance_publisher(&self, publishing: bool) {
+        self.balance_changed_publisher.set(i64::from(publishing));
     }
 
     pub fn batch_retried(&self, topic: &str) {

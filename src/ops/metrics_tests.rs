@@ -19,6 +19,8 @@ fn at_work() -> (Metrics, Scraped) {
     let creation = CommandTopic::AccountCreation;
     metrics.batch_done(creation, "cac", tally(1, 0, 0), 1, millis(30));
     metrics.batch_retried("cmt");
+    metrics.balance_events_published(3);
+    metrics.balance_publisher(true);
     let mut topic = rdkafka::statistics::Topic::default();
     // Stored lag, committed lag before anything is stored, not known yet.
     for (partition, stored, committed) in [(0, 7, 9), (1, -1, 4), (2, -1, -1)] {

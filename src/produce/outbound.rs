@@ -34,7 +34,6 @@ pub enum OutboundBody {
 pub struct Destinations {
     pub account_creation_feedback: Arc<str>,
     pub money_transfer_feedback: Arc<str>,
-    pub balance_changed: Arc<str>,
     pub dead_letter: Arc<str>,
     /// The largest dead letter its topic takes ([`crate::kafka::topics::OutputTopics`]).
     pub dead_letter_limit: usize,
@@ -46,7 +45,6 @@ impl Destinations {
             dead_letter_limit,
             account_creation_feedback: topics.account_creation_feedback.as_str().into(),
             money_transfer_feedback: topics.money_transfer_feedback.as_str().into(),
-            balance_changed: topics.balance_changed.as_str().into(),
             dead_letter: topics.dead_letter.as_str().into(),
         }
     }

@@ -3,8 +3,10 @@
 //! "Nothing more comes" is never a quiet window: [`TestEnv::barrier`] sends a command
 //! last on every partition of the money transfer topic, waits for its answers and for
 //! the handlers' group to have stored the offsets past it (so every earlier record was
-//! acknowledged by Kafka), and then reads each output partition up to its end. What the
-//! test has read then is everything the handler will ever write for those commands.
+//! applied and its answers acknowledged by Kafka), then for the outbox to be empty (so
+//! every BalanceChanged event was acknowledged too), and then reads each output
+//! partition up to its end. What the test has read then is everything the handler will
+//! ever write for those commands.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -105,7 +107,31 @@ impl TestEnv {
                 })
             },
         );
+        self.await_empty_outbox();
         self.read_to_the_end();
+    }
+
+    /// Waits until the publisher has had Kafka acknowledge every event committed.
+    pub fn await_empty_outbox(&self) {
+        use diesel::prelude::*;
+        let mut db = self.admin_db();
+        poll_until(
+            "the outbox to be published",
+            WAIT,
+            Duration::from_millis(20),
+            || {
+                let left: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "SELECT count(*) FROM cmt_balance_changed",
+                )
+                .get_result(&mut db)
+                .map_err(|e| e.to_string())?;
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} events unpublished"))
+                }
+            },
+        );
     }
 
     /// Per partition of `topic`, the offset after its last record.

@@ -271,7 +271,7 @@ fn check_reaches_every_dependency_and_exits_by_the_verdict() {
     let (status, report) = check(&[]);
     assert!(status.success(), "{report}");
     for line in [
-        "database: ok (reached; 2 migrations to apply at start-up)",
+        "database: ok (reached; 3 migrations to apply at start-up)",
         "schema registry: ok (reached;",
         "kafka: ok (reached; 1 brokers; all six topics exist)",
     ] {

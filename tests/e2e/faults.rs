@@ -1,6 +1,8 @@
 //! Breaking things under load: handlers killed with SIGKILL at random moments and
-//! restarted, handlers joining and leaving a consumer group of three. Afterwards no
-//! command is lost, none is applied twice, and every confirmed transfer's events exist.
+//! restarted, handlers joining and leaving a consumer group of three, two and three
+//! instances sharing four hot accounts. Afterwards no command is lost, none is applied
+//! twice, every confirmed transfer's events exist, and each account's events are in the
+//! order its balance changed, its last one carrying its balance.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -38,16 +40,70 @@ fn load(rng: &mut StdRng, accounts: &[(String, String)], count: usize) -> Vec<Tr
         .collect()
 }
 
-/// What a fault run found; every field but the duplicates must be zero.
+/// What a fault run found; every field but the duplicates and the counts must be zero.
 #[derive(Debug, Default)]
 struct Findings {
     unanswered: usize,
     answers_disagreeing: usize,
     balances_wrong: usize,
     events_missing: usize,
+    /// Events that neither follow the one before of their account nor repeat, in
+    /// order, a run already published ([`AccountHistory`]).
+    events_out_of_order: usize,
+    /// Accounts whose last event does not carry their balance in PostgreSQL.
+    last_events_stale: usize,
     duplicate_answers: usize,
     duplicate_events: usize,
     confirmed: usize,
+    events: usize,
+}
+
+/// One event of an account: what a reader keeping its balance sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Event {
+    new_balance: i64,
+    changed_by: i64,
+    from_to: String,
+    description: String,
+}
+
+/// One account's events as read in offset order. Each must follow the previous one
+/// (`new_balance = previous new_balance + changed_by`), except an event sent again
+/// after a failure, which may only repeat a run already published, in its order.
+#[derive(Default)]
+struct AccountHistory {
+    /// The distinct events, in the order first read.
+    distinct: Vec<Event>,
+    /// Where the reader is in `distinct`: a repeat goes on from here.
+    at: usize,
+    out_of_order: usize,
+    repeats: usize,
+}
+
+impl AccountHistory {
+    fn read(&mut self, event: Event) {
+        if self.distinct.get(self.at + 1) == Some(&event) {
+            // A repeat going on in order.
+            self.at += 1;
+            self.repeats += 1;
+        } else if let Some(earlier) = self.distinct.iter().position(|e| *e == event) {
+            // A repeat starting again from an earlier event.
+            self.at = earlier;
+            self.repeats += 1;
+        } else {
+            let follows = self.at + 1 == self.distinct.len()
+                && self.distinct[self.at].new_balance + event.changed_by == event.new_balance;
+            if !follows && !self.distinct.is_empty() {
+                self.out_of_order += 1;
+            }
+            self.distinct.push(event);
+            self.at = self.distinct.len() - 1;
+        }
+    }
+
+    fn last_balance(&self) -> Option<i64> {
+        self.distinct.last().map(|e| e.new_balance)
+    }
 }
 
 fn check_invariants(
@@ -109,9 +165,32 @@ fn check_invariants(
         findings.events_missing += events.saturating_sub(distinct.len());
         findings.duplicate_events += got.len() - distinct.len();
     }
+    let mut events: Vec<&Output> = env.on_topic(&bc).collect();
+    events.sort_by_key(|e| (e.partition, e.offset));
+    findings.events = events.len();
+    let mut histories: HashMap<String, AccountHistory> = HashMap::new();
+    for event in events {
+        histories
+            .entry(event.string("iban"))
+            .or_default()
+            .read(Event {
+                new_balance: event.long("new_balance"),
+                changed_by: event.long("changed_by"),
+                from_to: event.string("from_to"),
+                description: event.string("description"),
+            });
+    }
+    for history in histories.values() {
+        findings.events_out_of_order += history.out_of_order;
+    }
     for (iban, want) in expected {
-        if env.amount(iban) != Some(want) {
+        let amount = env.amount(iban);
+        if amount != Some(want) {
             findings.balances_wrong += 1;
+        }
+        let last = histories.get(iban).and_then(AccountHistory::last_balance);
+        if last.is_some() && last != amount {
+            findings.last_events_stale += 1;
         }
     }
     findings
@@ -119,13 +198,17 @@ fn check_invariants(
 
 fn assert_nothing_lost(what: &str, findings: &Findings, commands: usize) {
     eprintln!(
-        "{what}: {commands} commands ({} confirmed): lost {}, disagreeing {}, wrong balances {}, events missing {}; \
+        "{what}: {commands} commands ({} confirmed, {} events): lost {}, disagreeing {}, \
+         wrong balances {}, events missing {}, events out of order {}, stale last events {}; \
          duplicates after crashes: {} answers, {} events",
         findings.confirmed,
+        findings.events,
         findings.unanswered,
         findings.answers_disagreeing,
         findings.balances_wrong,
         findings.events_missing,
+        findings.events_out_of_order,
+        findings.last_events_stale,
         findings.duplicate_answers,
         findings.duplicate_events
     );
@@ -134,9 +217,11 @@ fn assert_nothing_lost(what: &str, findings: &Findings, commands: usize) {
             findings.unanswered,
             findings.answers_disagreeing,
             findings.balances_wrong,
-            findings.events_missing
+            findings.events_missing,
+            findings.events_out_of_order,
+            findings.last_events_stale,
         ),
-        (0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0),
         "{what}: {findings:?}"
     );
     assert!(
@@ -351,6 +436,69 @@ fn kafka_postgres_and_registry_outages_under_load_lose_nothing() {
 
 /// How often an instance's group membership changed: its two consumers share its
 /// group, so every assignment or revocation, of either topic, is a rebalance of it.
+/// Of the running instances, the one that publishes the BalanceChanged events (the
+/// first when none says so).
+fn publishing(env: &mut TestEnv, running: &[usize]) -> usize {
+    running
+        .iter()
+        .position(|&instance| {
+            std::fs::read_to_string(&env.handler(instance).log_path)
+                .is_ok_and(|log| log.contains("publishing the outbox's BalanceChanged events"))
+        })
+        .unwrap_or(0)
+}
+
+/// `instances` handlers of one group share four hot accounts (every transfer is
+/// between two of them or a deposit to one) at about 250 commands a second over nine
+/// partitions. A third of the way in, the instance that publishes the events is
+/// SIGKILLed and started again at once; two thirds in, another one. Each account's
+/// events must stay in the order its balance changed.
+fn hot_accounts_shared_by(instances: usize) {
+    let mut env = TestEnv::with_partitions(&format!("hot{instances}"), 9);
+    let mut running: Vec<usize> = (0..instances)
+        .map(|_| env.start_handler(&FAST_FAILOVER))
+        .collect();
+    let accounts: Vec<(String, String)> = (0..4).map(|_| env.open_account()).collect();
+    let mut rng = StdRng::seed_from_u64(20 + instances as u64);
+    let commands = load(&mut rng, &accounts, 1_500 * scale());
+    let rounds = commands.len().div_ceil(25);
+    let mut kills = 0;
+    for (round, chunk) in commands.chunks(25).enumerate() {
+        for command in chunk {
+            env.send_transfer(command);
+        }
+        env.flush();
+        std::thread::sleep(Duration::from_millis(100));
+        if round == rounds / 3 || round == 2 * rounds / 3 {
+            let publisher = publishing(&mut env, &running);
+            // The publisher first, then one that only consumes.
+            let victim = if round == rounds / 3 {
+                publisher
+            } else {
+                (publisher + 1) % running.len()
+            };
+            let victim = running.remove(victim);
+            env.handler(victim).signal("KILL");
+            env.handler(victim).wait_exit(Duration::from_secs(10));
+            kills += 1;
+            running.push(env.start_handler(&FAST_FAILOVER));
+        }
+    }
+    let findings = check_invariants(&mut env, &commands, &accounts);
+    let what = format!("{instances} instances on 4 hot accounts, {kills} SIGKILLed and restarted");
+    assert_nothing_lost(&what, &findings, commands.len());
+}
+
+#[test]
+fn two_instances_on_hot_accounts_keep_each_accounts_events_in_order() {
+    hot_accounts_shared_by(2);
+}
+
+#[test]
+fn three_instances_on_hot_accounts_keep_each_accounts_events_in_order() {
+    hot_accounts_shared_by(3);
+}
+
 fn membership_changes(env: &mut TestEnv, instance: usize) -> usize {
     let log = env.handler(instance).log();
     log.matches("assigned ").count() + log.matches("revoked ").count()

@@ -1170,8 +1170,14 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// The handler built with the tests, or the build `E2E_HANDLER_BINARY` names (to
+    /// see a test fail against a deliberately broken or older build).
     pub fn binary() -> &'static str {
-        env!("CARGO_BIN_EXE_command-handler")
+        static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        BINARY.get_or_init(|| {
+            std::env::var("E2E_HANDLER_BINARY")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_command-handler").to_string())
+        })
     }
 
     pub fn start(name: &str, vars: &[(String, String)]) -> Handler {

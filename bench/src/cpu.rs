@@ -120,6 +120,11 @@ impl CpuPerThousand {
     }
 }
 
+/// CPU seconds (user + system) one process used so far.
+pub fn process_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+    stat(pid).map(|s| s.own_ticks as f64 / ticks_per_second)
+}
+
 /// The figures of /proc/PID/stat used here.
 struct Stat {
     parent: u32,

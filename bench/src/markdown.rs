@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::cpu::{CpuPerThousand, CpuPercent};
 use crate::procstat::MemoryBreakdown;
-use crate::report::{Report, VariantResult};
+use crate::report::{Machine, Report, VariantResult};
 
 /// A figure with `decimals` decimals, or "—".
 pub(crate) fn shown(value: Option<f64>, decimals: usize) -> String {
@@ -55,6 +55,17 @@ impl CpuRow<'_> {
     }
 }
 
+impl Machine {
+    /// The machine and the stack, as a report opens.
+    pub(crate) fn note(&self) -> String {
+        format!(
+            "Machine: {} ({} cores, {:.0} GiB), Apache Kafka {}, {}, with Kafka, PostgreSQL, the registry \
+             stand-in and the load generator on the same machine.",
+            self.cpu, self.cores, self.memory_gib, self.kafka_version, self.postgres
+        )
+    }
+}
+
 impl Report {
     pub(crate) fn markdown(&self) -> String {
         let m = &self.machine;
@@ -62,9 +73,10 @@ impl Report {
         let _ = writeln!(md, "# Command handler benchmark\n");
         let _ = writeln!(
             md,
-            "Machine: {} ({} cores, {:.0} GiB), Apache Kafka {}, {}, with Kafka, PostgreSQL, the registry \
-             stand-in and the load generator on the same machine. {} s per load step. {}.\n",
-            m.cpu, m.cores, m.memory_gib, m.kafka_version, m.postgres, m.step_seconds, m.date
+            "{} {} s per load step. {}.\n",
+            m.note(),
+            m.step_seconds,
+            m.date
         );
         let _ = writeln!(
             md,

@@ -180,7 +180,7 @@ fn handler_peak(samples: &[Sample]) -> Option<f64> {
         .reduce(f64::max)
 }
 
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -138,6 +138,37 @@ pub struct Machine {
     pub date: String,
 }
 
+impl Machine {
+    /// This machine, the stack's versions and the date now.
+    pub fn read(stack: &Stack, step_seconds: u64) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            memory_gib: memory_kib / 1024.0 / 1024.0,
+            kafka_version: stack.vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
+            postgres: command_output("psql", &["--version"]),
+            step_seconds,
+            date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Report {
     pub machine: Machine,
@@ -157,32 +188,8 @@ fn command_output(program: &str, args: &[&str]) -> String {
 
 impl Report {
     pub fn new(stack: &Stack, step_seconds: u64) -> Report {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-            })
-            .unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_kib: f64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
         Report {
-            machine: Machine {
-                cpu,
-                cores: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(0),
-                memory_gib: memory_kib / 1024.0 / 1024.0,
-                kafka_version: stack.vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
-                postgres: command_output("psql", &["--version"]),
-                step_seconds,
-                date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            },
+            machine: Machine::read(stack, step_seconds),
             floor: None,
             variants: Vec::new(),
         }

@@ -20,7 +20,70 @@ use crate::mix::{self, BANK};
 use crate::procstat::{MemoryBreakdown, Sampler, Window, memory_breakdown};
 use crate::report::{Correctness, Saturation, Step};
 
-const PARTITIONS: i32 = 9;
+pub const PARTITIONS: i32 = 9;
+
+/// A run's own topics and database on the stack, and the environment of a handler
+/// using them.
+pub struct Resources {
+    /// cac, acf, cmt, mtf, bc, dlq: `PARTITIONS` partitions each.
+    pub topics: Vec<String>,
+    pub database: String,
+    /// Consumer group (`KAFKA_CLIENT_ID`) `{name}.handler`; `RUST_LOG=warn`.
+    pub handler_env: Vec<(String, String)>,
+}
+
+impl Resources {
+    pub fn create(stack: &Stack, name: &str) -> Resources {
+        let topic = |suffix: &str| format!("{name}.{suffix}");
+        let topics = ["cac", "acf", "cmt", "mtf", "bc", "dlq"]
+            .map(topic)
+            .to_vec();
+        stack.create_topics(&topics, PARTITIONS);
+        let database = format!("b_{name}");
+        let database_url = stack.create_database(&database);
+        let handler_env = vec![
+            ("KAFKA_BROKERS", stack.get("KAFKA_BROKERS").to_string()),
+            (
+                "SCHEMA_REGISTRY_URL",
+                stack.get("SCHEMA_REGISTRY_URL").to_string(),
+            ),
+            ("DB_HOSTNAME", stack.get("DB_HOSTNAME").to_string()),
+            ("DB_PORT", stack.get("DB_PORT").to_string()),
+            ("DB_PASSWORD", stack.get("DB_PASSWORD").to_string()),
+            ("DATABASE_URL", database_url),
+            ("KAFKA_CAC_TOPIC", topics[0].clone()),
+            ("KAFKA_ACF_TOPIC", topics[1].clone()),
+            ("KAFKA_CMT_TOPIC", topics[2].clone()),
+            ("KAFKA_MTF_TOPIC", topics[3].clone()),
+            ("KAFKA_BC_TOPIC", topics[4].clone()),
+            ("KAFKA_DEAD_LETTER_TOPIC", topics[5].clone()),
+            ("KAFKA_CLIENT_ID", format!("{name}.handler")),
+            ("RUST_LOG", "warn".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Resources {
+            topics,
+            database,
+            handler_env,
+        }
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self
+            .handler_env
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .expect("the handler's environment has DATABASE_URL")
+            .1
+    }
+
+    pub fn remove(&self, stack: &Stack) {
+        stack.drop_database(&self.database);
+        stack.delete_topics(&self.topics);
+    }
+}
 
 pub struct Bench<'a> {
     stack: &'a Stack,
@@ -54,35 +117,11 @@ impl<'a> Bench<'a> {
             variant.name.replace('-', "_"),
             &Uuid::new_v4().simple().to_string()[..6]
         );
-        let topic = |suffix: &str| format!("{name}.{suffix}");
-        let topics = ["cac", "acf", "cmt", "mtf", "bc", "dlq"]
-            .map(topic)
-            .to_vec();
-        stack.create_topics(&topics, PARTITIONS);
-        let database = format!("b_{name}");
-        let database_url = stack.create_database(&database);
-        let mut handler_env: Vec<(String, String)> = vec![
-            ("KAFKA_BROKERS", stack.get("KAFKA_BROKERS").to_string()),
-            (
-                "SCHEMA_REGISTRY_URL",
-                stack.get("SCHEMA_REGISTRY_URL").to_string(),
-            ),
-            ("DB_HOSTNAME", stack.get("DB_HOSTNAME").to_string()),
-            ("DB_PORT", stack.get("DB_PORT").to_string()),
-            ("DB_PASSWORD", stack.get("DB_PASSWORD").to_string()),
-            ("DATABASE_URL", database_url),
-            ("KAFKA_CAC_TOPIC", topics[0].clone()),
-            ("KAFKA_ACF_TOPIC", topics[1].clone()),
-            ("KAFKA_CMT_TOPIC", topics[2].clone()),
-            ("KAFKA_MTF_TOPIC", topics[3].clone()),
-            ("KAFKA_BC_TOPIC", topics[4].clone()),
-            ("KAFKA_DEAD_LETTER_TOPIC", topics[5].clone()),
-            ("KAFKA_CLIENT_ID", format!("{name}.handler")),
-            ("RUST_LOG", "warn".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let Resources {
+            topics,
+            database,
+            mut handler_env,
+        } = Resources::create(stack, &name);
         for (key, value) in &variant.handler_env {
             handler_env.retain(|(k, _)| k != key);
             handler_env.push((key.to_string(), value.to_string()));

@@ -166,7 +166,7 @@ pub struct Transfer {
     pub amount: i64,
     pub from: String,
     pub to: String,
-    pub description: &'static str,
+    pub description: String,
 }
 
 /// Writes commands as the graphql-endpoint does (registered JVM-style schemas).
@@ -243,7 +243,7 @@ impl CommandWriter {
             ("amount", Value::Long(t.amount)),
             ("from", Value::String(t.from.clone())),
             ("to", Value::String(t.to.clone())),
-            ("description", Value::String(t.description.to_string())),
+            ("description", Value::String(t.description.clone())),
         ];
         self.send(
             &self.cmt_topic,
@@ -362,4 +362,96 @@ impl Drop for AnswerReader {
             let _ = thread.join();
         }
     }
+}
+
+/// A BalanceChanged event as read from its topic.
+#[derive(Clone, Debug)]
+pub struct BalanceEvent {
+    pub partition: i32,
+    pub offset: i64,
+    pub iban: String,
+    pub new_balance: i64,
+    pub changed_by: i64,
+    pub from_to: String,
+    pub description: String,
+}
+
+/// Every record of a BalanceChanged topic up to its partitions' ends now, in partition
+/// and offset order; Err when the ends were not reached within `limit`.
+pub fn read_balance_changed(
+    stack: &Stack,
+    topic: &str,
+    partitions: i32,
+    limit: Duration,
+) -> Result<Vec<BalanceEvent>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
+        .set("group.id", format!("bench-events-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("event consumer");
+    let mut assignment = TopicPartitionList::new();
+    // Per partition, the offset after its last record now.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
+        ends.insert(partition, high);
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer
+        .assign(&assignment)
+        .expect("assign the event topic");
+    let decoder = AvroDecoder::new(stack.registry());
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + limit;
+    let behind = |next: &HashMap<i32, i64>| {
+        ends.iter()
+            .filter(|(p, end)| next.get(p).copied().unwrap_or(0) < **end)
+            .count()
+    };
+    while behind(&next) > 0 {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} partitions of {topic} not read to their end",
+                behind(&next)
+            ));
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = result.map_err(|e| format!("reading {topic}: {e}"))?;
+        next.insert(message.partition(), message.offset() + 1);
+        let decoded = decoder
+            .decode(message.payload())
+            .map_err(|e| format!("decoding an event of {topic}: {e}"))?;
+        let Value::Record(fields) = decoded.value else {
+            return Err(format!("an event of {topic} is not a record"));
+        };
+        let fields: HashMap<String, Value> = fields.into_iter().collect();
+        let text = |name: &str| match fields.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let long = |name: &str| match fields.get(name) {
+            Some(Value::Long(v)) => *v,
+            _ => i64::MIN,
+        };
+        events.push(BalanceEvent {
+            partition: message.partition(),
+            offset: message.offset(),
+            iban: text("iban"),
+            new_balance: long("new_balance"),
+            changed_by: long("changed_by"),
+            from_to: text("from_to"),
+            description: text("description"),
+        });
+    }
+    events.sort_by_key(|e| (e.partition, e.offset));
+    Ok(events)
 }

@@ -16,6 +16,12 @@
 //! `--baseline PATH` measures another build (say, the last release) as shipped, side by
 //! side with this one, and the report gives this build's figures as ratios of it.
 //!   open-bank-bench --replot DIR    rewrite report.md and the plots from DIR/report.json
+//!
+//! `--scaling` runs only the scaling runs (see `scaling`) instead of the floor and the
+//! variants: one, two and three instances of the handler in one consumer group, on 4 hot
+//! accounts and on 200, each run's latency and each account's BalanceChanged events
+//! checked to be in the order its balance changed; writes DIR/scaling.{md,json}.
+//!   open-bank-bench --stack-env FILE --handler PATH --out DIR --scaling [--quick]
 
 mod client;
 mod comparison;
@@ -25,6 +31,7 @@ mod markdown;
 mod mix;
 mod procstat;
 mod report;
+mod scaling;
 mod workload;
 
 use std::path::PathBuf;
@@ -118,13 +125,15 @@ struct Args {
     baseline: Option<PathBuf>,
     /// Only these variants (all when empty).
     only: Vec<String>,
+    /// The scaling runs instead of the variants.
+    scaling: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut stack_env, mut handler, mut out, mut quick, mut step_seconds) =
         (None, None, None, false, 15);
-    let (mut baseline, mut only) = (None, Vec::new());
+    let (mut baseline, mut only, mut scaling) = (None, Vec::new(), false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -137,6 +146,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--step-seconds takes whole seconds")?
             }
             "--quick" => quick = true,
+            "--scaling" => scaling = true,
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
             "--variants" => only = value()?.split(',').map(str::to_string).collect(),
             other => return Err(format!("unknown argument {other}")),
@@ -154,6 +164,7 @@ fn parse_args() -> Result<Args, String> {
         },
         baseline,
         only,
+        scaling,
     })
 }
 
@@ -172,11 +183,21 @@ fn main() {
         return;
     }
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...]");
+        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...] [--scaling]");
         std::process::exit(2)
     });
     let stack = client::Stack::read(&args.stack_env);
     std::fs::create_dir_all(&args.out).expect("create the output folder");
+    if args.scaling {
+        // dev/bench says how it was called; run directly, the arguments tell.
+        let command = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| {
+            let args: Vec<String> = std::env::args().collect();
+            args.join(" ")
+        });
+        let load = scaling::Load::new(args.quick);
+        scaling::run(&stack, &args.handler, &args.out, &load, command);
+        return;
+    }
     let mut report = Report::new(&stack, args.step_seconds);
     eprintln!("== floor: Kafka round trip and PostgreSQL transaction");
     let floor = floor::Floor::measure(&stack);

@@ -20,13 +20,13 @@ pub fn next_transfer(rng: &mut StdRng, accounts: &[(String, String)]) -> Transfe
     let other = accounts[b].0.clone();
     let roll = rng.random_range(0..100);
     let id = Uuid::new_v4();
-    let transfer = |token: &str, amount: i64, from: &str, to: &str, description| Transfer {
+    let transfer = |token: &str, amount: i64, from: &str, to: &str, description: &str| Transfer {
         id,
         token: token.to_string(),
         amount,
         from: from.to_string(),
         to: to.to_string(),
-        description,
+        description: description.to_string(),
     };
     let shop = Iban::from_account_number(9_000_000_000 + rng.random_range(0..50u64)).to_string();
     match roll {

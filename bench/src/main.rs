@@ -22,6 +22,8 @@
 //! accounts and on 200, each run's latency and each account's BalanceChanged events
 //! checked to be in the order its balance changed; writes DIR/scaling.{md,json}.
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR --scaling [--quick]
+//!                   [--variants WORKLOAD,...] [--rate N]
+//!                   (workloads hot, spread, hot-joining, all by default; N commands/s, 300)
 
 mod client;
 mod comparison;
@@ -127,13 +129,15 @@ struct Args {
     only: Vec<String>,
     /// The scaling runs instead of the variants.
     scaling: bool,
+    /// The scaling runs' load, commands per second (default 300, quick 100).
+    rate: Option<u32>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut stack_env, mut handler, mut out, mut quick, mut step_seconds) =
         (None, None, None, false, 15);
-    let (mut baseline, mut only, mut scaling) = (None, Vec::new(), false);
+    let (mut baseline, mut only, mut scaling, mut rate) = (None, Vec::new(), false, None);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -147,6 +151,13 @@ fn parse_args() -> Result<Args, String> {
             }
             "--quick" => quick = true,
             "--scaling" => scaling = true,
+            "--rate" => {
+                rate = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--rate takes commands per second")?,
+                )
+            }
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
             "--variants" => only = value()?.split(',').map(str::to_string).collect(),
             other => return Err(format!("unknown argument {other}")),
@@ -165,6 +176,7 @@ fn parse_args() -> Result<Args, String> {
         baseline,
         only,
         scaling,
+        rate,
     })
 }
 
@@ -194,8 +206,11 @@ fn main() {
             let args: Vec<String> = std::env::args().collect();
             args.join(" ")
         });
-        let load = scaling::Load::new(args.quick);
-        scaling::run(&stack, &args.handler, &args.out, &load, command);
+        let mut load = scaling::Load::new(args.quick);
+        if let Some(rate) = args.rate {
+            load.per_second = rate;
+        }
+        scaling::run(&stack, &args.handler, &args.out, &load, &args.only, command);
         return;
     }
     let mut report = Report::new(&stack, args.step_seconds);

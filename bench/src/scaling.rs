@@ -38,10 +38,19 @@ use crate::workload::{PARTITIONS, Resources};
 const INSTANCES: [usize; 3] = [1, 2, 3];
 
 /// Name, accounts, what it is.
-const WORKLOADS: [(&str, usize, &str); 2] = [
+const WORKLOADS: [(&str, usize, &str); 3] = [
     ("hot", 4, "4 accounts shared by all transfers"),
     ("spread", 200, "200 accounts"),
+    (
+        JOINING,
+        4,
+        "4 hot accounts, the second instance started 5 s into the load (as a user scaling out does)",
+    ),
 ];
+
+/// The workload whose last instance joins the group under load, [`JOIN_AFTER`] in.
+const JOINING: &str = "hot-joining";
+const JOIN_AFTER: Duration = Duration::from_secs(5);
 
 /// What each account gets from "cash" before the load: enough that transfers of up to
 /// 5,000 between the accounts are nearly all confirmed.
@@ -124,6 +133,7 @@ pub struct LockWaits {
 }
 
 /// The load of each run.
+#[derive(Clone)]
 pub struct Load {
     pub per_second: u32,
     pub seconds: u64,
@@ -146,7 +156,15 @@ impl Load {
 }
 
 /// Every run, the report rewritten after each.
-pub fn run(stack: &Stack, binary: &Path, out: &Path, load: &Load, command: String) {
+/// Runs the workloads named in `only` (all when empty).
+pub fn run(
+    stack: &Stack,
+    binary: &Path,
+    out: &Path,
+    load: &Load,
+    only: &[String],
+    command: String,
+) {
     let mut report = ScalingReport {
         machine: Machine::read(stack, load.seconds),
         command,
@@ -154,8 +172,25 @@ pub fn run(stack: &Stack, binary: &Path, out: &Path, load: &Load, command: Strin
         seconds: load.seconds,
         runs: Vec::new(),
     };
+    // A broker just started is busy for a while (its coordinator loading, its first
+    // segments): a short run first, not reported, so that the first measured run
+    // does not pay for it.
+    eprintln!("== scaling: warm-up run, not reported");
+    let warm_up = Load {
+        seconds: load.seconds.min(5),
+        ..load.clone()
+    };
+    let (workload, accounts, _) = WORKLOADS[0];
+    Run::measure(stack, binary, out, (workload, accounts), 1, &warm_up);
     for (workload, accounts, description) in WORKLOADS {
+        if !only.is_empty() && !only.iter().any(|name| name == workload) {
+            continue;
+        }
         for instances in INSTANCES {
+            // Joining needs one instance there and one coming.
+            if workload == JOINING && instances != 2 {
+                continue;
+            }
             eprintln!("== scaling: {workload} ({description}), {instances} instance(s)");
             let result = Run::measure(stack, binary, out, (workload, accounts), instances, load);
             eprintln!("   {}", result.summary());
@@ -181,6 +216,9 @@ struct Run<'a> {
     due: HashMap<Uuid, Instant>,
     /// The first answer to each command.
     received: HashMap<Uuid, Answer>,
+    /// The instance to start during the load (its log), for the joining workload.
+    joins_later: Option<PathBuf>,
+    binary: PathBuf,
 }
 
 impl<'a> Run<'a> {
@@ -208,6 +246,8 @@ impl<'a> Run<'a> {
         let logs: Vec<PathBuf> = (0..instances)
             .map(|i| out.join(format!("{name}.handler-{i}.log")))
             .collect();
+        let mut logs = logs;
+        let joins_later = (workload == JOINING).then(|| logs.pop()).flatten();
         let handlers = logs
             .iter()
             .map(|log| HandlerProcess::start(binary, &resources.handler_env, log.clone()))
@@ -224,6 +264,8 @@ impl<'a> Run<'a> {
             rng: StdRng::seed_from_u64(2026 + accounts as u64),
             due: HashMap::new(),
             received: HashMap::new(),
+            joins_later,
+            binary: binary.to_path_buf(),
         };
         let mut result = ScalingRun {
             workload: workload.to_string(),
@@ -474,6 +516,16 @@ impl<'a> Run<'a> {
                 ids.push(transfer.id);
                 self.due.insert(transfer.id, due);
                 sent += 1;
+            }
+            if start.elapsed() >= JOIN_AFTER
+                && let Some(log) = self.joins_later.take()
+            {
+                self.handlers.push(HandlerProcess::start(
+                    &self.binary,
+                    &self.resources.handler_env,
+                    log.clone(),
+                ));
+                self.logs.push(log);
             }
             // Read answers meanwhile, so that their receive times are exact.
             self.take_answers(Some(&mut histogram), Duration::from_micros(500));

@@ -25,7 +25,7 @@ use crate::consume::kinds::{AccountCreations, MoneyTransfers};
 use crate::db::Database;
 use crate::ops::http;
 use crate::ops::metrics::Metrics;
-use crate::outbox::PublisherError;
+use crate::outbox::{Handover, PublisherError};
 use crate::wire::{REGISTRY_TIMEOUT, limit_datum_allocations};
 
 /// Why the handler stopped other than by a signal; `main` turns it into an exit code.
@@ -48,7 +48,7 @@ pub struct App;
 pub struct Running {
     shutdown: Arc<AtomicBool>,
     loops: Vec<StartedLoop>,
-    publisher: JoinHandle<Result<(), PublisherError>>,
+    publisher: JoinHandle<Result<Handover, PublisherError>>,
     producer: JoinHandle<()>,
     http: Option<HttpThread>,
 }
@@ -141,11 +141,17 @@ impl Running {
             consumers.push(started.consumer);
         }
         // The loops stopped: the publisher publishes what they committed last and ends.
-        if let Err(stopped) = join(publisher) {
-            failure.get_or_insert(RunError::Publisher(stopped));
-        }
+        let handover = match join(publisher) {
+            Ok(handover) => Some(handover),
+            Err(stopped) => {
+                failure.get_or_insert(RunError::Publisher(stopped));
+                None
+            }
+        };
         // The loops and the publisher dropped their senders: the producer flushes, ends.
         join(producer);
+        // Only now may another instance publish what the producer had not delivered.
+        drop(handover);
         // The consumers are done, so the shutdown flag is up and the server stops too.
         shutdown.store(true, Ordering::Release);
         stop_http(http);

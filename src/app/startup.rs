@@ -23,7 +23,7 @@ use crate::kafka::topics::{self, TopicError};
 use crate::ops::heartbeat::Heartbeat;
 use crate::ops::http;
 use crate::ops::metrics::Metrics;
-use crate::outbox::{self, OutboxSignal, PublisherError, PublisherParts};
+use crate::outbox::{self, Handover, OutboxSignal, PublisherError, PublisherParts};
 use crate::produce::{self, AnswerProducer, PublishRequest, run_producer};
 use crate::wire::{AnswerEncoder, InvalidRegistryUrl, SubjectError, registry_settings};
 
@@ -229,11 +229,11 @@ pub(super) fn start_producer(
     })
 }
 
-/// A consumer loop started on its thread.
+/// The outbox publisher started on its thread.
 pub(super) struct PublisherThread {
     /// For the loops; dropped by all of them, it tells the publisher they stopped.
     pub signal: OutboxSignal,
-    pub thread: JoinHandle<Result<(), PublisherError>>,
+    pub thread: JoinHandle<Result<Handover, PublisherError>>,
 }
 
 /// The publisher of the outbox's BalanceChanged events (it stands by while another
@@ -263,6 +263,7 @@ pub(super) fn start_publisher(
     Ok(PublisherThread { signal, thread })
 }
 
+/// A consumer loop started on its thread.
 pub(super) struct StartedLoop {
     /// Also read by the readiness probe.
     pub consumer: Arc<CommandConsumer>,

@@ -7,8 +7,9 @@
 //! For every IBAN, its BalanceChanged events appear on its partition in the order its
 //! balance changed, with any number of instances and across crashes; an event is
 //! published at least once, and a repeat (after a failure) repeats a run already
-//! published, in its order. So a reader that keeps a balance from the events never goes
-//! back to an overwritten value, and the last event of an account carries its balance.
+//! published, in its order. So a reader that keeps a balance from the events goes back
+//! only by reading again a run it has already read, in order, and ends on the
+//! account's balance.
 //!
 //! Why it holds:
 //!
@@ -38,9 +39,21 @@
 //! before; an answer may reach its topic before the events of its transfer, which are
 //! durable in the outbox from the commit on.
 //!
-//! A publisher cut off from PostgreSQL but not from Kafka stops at its next read; the
-//! events it already handed to the producer are delivered, and PostgreSQL frees its lock
-//! only once it notices the session is gone, so a successor repeats them in order.
+//! A publisher that stops without Kafka's acknowledgement of its last batch keeps its
+//! session, and so the lock, until the producer thread has flushed ([`Handover`]).
+//!
+//! **Limit.** The lock fences publishers only as long as their sessions live. When
+//! PostgreSQL ends the publisher's session while a batch of it is still on its way to
+//! Kafka (a database restart or failover, a terminated backend, a client host that the
+//! server's TCP keepalive gave up on, set to about a minute here), a successor can
+//! publish the same events and newer ones of the same accounts before the producer's
+//! retries land the old batch (within `message.timeout.ms`): a reader would see an
+//! older balance again until the account's next change. Likewise a record that Kafka
+//! refuses for good while a later one of its partition is delivered (a message
+//! timeout) is sent again behind the later one. Fencing those would take Kafka
+//! transactions (`transactional.id`, read with `read_committed`), which the Open Bank
+//! readers do not use. Events a build before the outbox left unpublished are numbered
+//! by the migration in no set order.
 //!
 //! # Waking
 //!
@@ -51,7 +64,7 @@
 
 mod publisher;
 
-pub(crate) use self::publisher::{BalancePublisher, PublisherError, PublisherParts};
+pub(crate) use self::publisher::{BalancePublisher, Handover, PublisherError, PublisherParts};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -59,6 +59,12 @@ pub(crate) struct PublisherParts {
     pub metrics: Arc<Metrics>,
 }
 
+/// How a stopped publisher leaves its lock. When Kafka had not acknowledged its last
+/// batch, the session (and so the lock) is held until the producer thread has flushed,
+/// so that no successor publishes those events again before the producer delivered
+/// them; otherwise there is nothing to hold.
+pub(crate) struct Handover(#[allow(dead_code)] Option<PgConnection>);
+
 /// Why the publisher stopped for good; the handler stops with it.
 #[derive(Debug, thiserror::Error)]
 pub enum PublisherError {
@@ -68,8 +74,10 @@ pub enum PublisherError {
 
 /// How a turn as the publisher ended.
 enum Turn {
-    /// The loops stopped and the outbox is published (or left to a successor).
+    /// The loops stopped and the outbox is published, or left to a successor.
     Stopped,
+    /// The loops stopped while Kafka had not acknowledged the last batch.
+    StoppedUnacknowledged,
     /// The session broke: this instance stands by again.
     Lost(String),
 }
@@ -80,6 +88,8 @@ enum Delivery {
     /// Kafka acknowledged the events before this position; not this one.
     AcknowledgedUpTo {
         first_refused: usize,
+        /// Some were refused for their size.
+        too_large: bool,
         why: String,
     },
     /// Stopping, and the acknowledgement did not come within the grace.
@@ -97,7 +107,12 @@ pub(crate) struct BalancePublisher {
     leading: Arc<AtomicBool>,
     /// The loops' wake-ups; disconnected once every loop stopped.
     woken: mpsc::Receiver<()>,
+    /// Since when the loops have stopped: the publisher publishes what is left for at
+    /// most the grace, then leaves the rest to a successor.
+    loops_stopped_at: Option<Instant>,
     loops_stopped: bool,
+    /// When the handler began stopping, as the publisher first saw it.
+    shutdown_seen_at: Option<Instant>,
 }
 
 impl BalancePublisher {
@@ -115,18 +130,23 @@ impl BalancePublisher {
             policy: PublisherPolicy::default(),
             leading,
             woken,
+            loops_stopped_at: None,
             loops_stopped: false,
+            shutdown_seen_at: None,
         }
     }
 
     /// Runs until the loops stopped (Ok) or publishing cannot go on (Err).
-    pub fn run(mut self) -> Result<(), PublisherError> {
+    pub fn run(mut self) -> Result<Handover, PublisherError> {
+        // Across turns: a session that keeps breaking is not taken up again at once.
+        let mut turns = Backoff::new(self.policy.retry_first, self.policy.retry_max);
         loop {
             let Some(mut session) = self.become_publisher() else {
-                return Ok(());
+                return Ok(Handover(None));
             };
             self.set_leading(true);
             info!("publishing the outbox's BalanceChanged events (this instance holds its lock)");
+            let began = Instant::now();
             let turn = self.publish_outbox(&mut session);
             self.set_leading(false);
             match turn? {
@@ -136,12 +156,27 @@ impl BalancePublisher {
                         debug!("releasing the outbox lock: {error}");
                     }
                     info!("stopped publishing BalanceChanged events");
-                    return Ok(());
+                    return Ok(Handover(None));
                 }
-                Turn::Lost(why) => warn!(
-                    "stopped publishing BalanceChanged events ({why}); whichever instance \
-                     reaches PostgreSQL first takes over"
-                ),
+                Turn::StoppedUnacknowledged => {
+                    info!(
+                        "stopped publishing BalanceChanged events; the outbox lock is held \
+                         until the producer has flushed"
+                    );
+                    return Ok(Handover(Some(session)));
+                }
+                Turn::Lost(why) => {
+                    if began.elapsed() > Duration::from_secs(60) {
+                        turns = Backoff::new(self.policy.retry_first, self.policy.retry_max);
+                    }
+                    let delay = turns.next_delay();
+                    warn!(
+                        "stopped publishing BalanceChanged events ({why}); whichever instance \
+                         reaches PostgreSQL first takes over (this one in {delay:?} at the \
+                         earliest)"
+                    );
+                    self.pause(delay);
+                }
             }
         }
     }
@@ -166,7 +201,14 @@ impl BalancePublisher {
                 }),
             };
             let wait = match attempt {
-                Ok(true) => return session,
+                Ok(true) => {
+                    if let Some(conn) = session.as_mut()
+                        && let Err(error) = outbox::detect_a_lost_client_soon(conn)
+                    {
+                        debug!("setting the publisher session's keepalives: {error}");
+                    }
+                    return session;
+                }
                 Ok(false) => {
                     if !said_standing_by {
                         info!("another instance publishes the BalanceChanged events; standing by");
@@ -199,6 +241,17 @@ impl BalancePublisher {
         let mut published: Vec<i64> = Vec::new();
         let mut backoff = Backoff::new(self.policy.retry_first, self.policy.retry_max);
         loop {
+            self.look_whether_the_loops_stopped();
+            if self
+                .loops_stopped_at
+                .is_some_and(|at| at.elapsed() >= self.policy.stopping_grace)
+            {
+                // Forget what was acknowledged; the rest waits for a successor.
+                return match outbox::take_published_and_read_next(session, &published, 0) {
+                    Ok(_) => Ok(Turn::Stopped),
+                    Err(error) => Ok(self.lost(error)),
+                };
+            }
             let events = match outbox::take_published_and_read_next(
                 session,
                 &published,
@@ -220,18 +273,29 @@ impl BalancePublisher {
                     backoff = Backoff::new(self.policy.retry_first, self.policy.retry_max);
                     events.len()
                 }
-                Delivery::AcknowledgedUpTo { first_refused, why } => {
+                Delivery::AcknowledgedUpTo {
+                    first_refused,
+                    too_large,
+                    why,
+                } => {
                     let delay = backoff.next_delay();
+                    let size = if too_large {
+                        " (one is larger than the topic accepts: raise its max.message.bytes; \
+                         until then no later event is published)"
+                    } else {
+                        ""
+                    };
                     warn!(
-                        "Kafka did not acknowledge {} BalanceChanged events, sending them again \
-                         in order in {delay:?}: {why}",
+                        "Kafka did not acknowledge {} BalanceChanged events{size}, sending them \
+                         again in order in {delay:?}: {why}",
                         events.len() - first_refused
                     );
                     self.pause(delay);
                     first_refused
                 }
-                // Unknown which were acknowledged: all stay for the next publisher.
-                Delivery::GaveUp => return Ok(Turn::Stopped),
+                // Unknown which were acknowledged: all stay for the next publisher, which
+                // must not send them before the producer has flushed.
+                Delivery::GaveUp => return Ok(Turn::StoppedUnacknowledged),
             };
             self.metrics.balance_events_published(acknowledged);
             published.extend(events[..acknowledged].iter().map(|e| e.seq));
@@ -252,7 +316,7 @@ impl BalancePublisher {
     /// Hands the events, in `seq` order, to the producer thread and waits for Kafka:
     /// without limit while running (the producer reports every record within its
     /// message timeout), at most the grace once the handler is stopping.
-    fn deliver(&self, events: &[OutboxEvent]) -> Result<Delivery, PublisherError> {
+    fn deliver(&mut self, events: &[OutboxEvent]) -> Result<Delivery, PublisherError> {
         let records = events
             .iter()
             .map(|e| {
@@ -273,26 +337,26 @@ impl BalancePublisher {
                 done,
             })
             .map_err(|_| producer_gone())?;
-        let mut give_up_at = None;
         loop {
             match report.recv_timeout(Duration::from_millis(100)) {
                 Ok(Ok(())) => return Ok(Delivery::Acknowledged),
                 Ok(Err(PublishError::Retry {
                     unacknowledged,
+                    too_large,
                     why,
-                    ..
                 })) => {
                     return Ok(Delivery::AcknowledgedUpTo {
                         first_refused: unacknowledged.first().copied().unwrap_or(0),
+                        too_large: !too_large.is_empty(),
                         why,
                     });
                 }
                 Ok(Err(PublishError::Fatal(why))) => return Err(PublisherError::Fatal(why)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if self.shutdown.load(Ordering::Acquire) {
-                        let at = *give_up_at
-                            .get_or_insert_with(|| Instant::now() + self.policy.stopping_grace);
-                        if Instant::now() >= at {
+                        // One grace for the whole shutdown, not one per batch.
+                        let since = *self.shutdown_seen_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= self.policy.stopping_grace {
                             warn!(
                                 "stopping without Kafka's acknowledgement of {} BalanceChanged \
                                  events; the next publisher sends them again",
@@ -338,9 +402,21 @@ impl BalancePublisher {
             Ok(()) => true,
             Err(mpsc::RecvTimeoutError::Timeout) => false,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                self.loops_stopped = true;
+                self.note_loops_stopped();
                 true
             }
         }
+    }
+
+    /// Without waiting: notes whether every loop stopped.
+    fn look_whether_the_loops_stopped(&mut self) {
+        if let Err(mpsc::TryRecvError::Disconnected) = self.woken.try_recv() {
+            self.note_loops_stopped();
+        }
+    }
+
+    fn note_loops_stopped(&mut self) {
+        self.loops_stopped = true;
+        self.loops_stopped_at.get_or_insert_with(Instant::now);
     }
 }

@@ -286,10 +286,7 @@ impl AnswerReader {
         topics: &[String],
         partitions: i32,
     ) -> (AnswerReader, mpsc::Receiver<Answer>) {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
-            .set("group.id", format!("bench-reader-{}", Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
+        let consumer: BaseConsumer = reader_config(stack, "reader")
             .set("fetch.wait.max.ms", "5")
             .create()
             .expect("answer consumer");
@@ -376,6 +373,17 @@ pub struct BalanceEvent {
     pub description: String,
 }
 
+/// A consumer of the stack's broker in a group of its own that commits nothing: it
+/// assigns itself partitions and reads them from where it is told.
+fn reader_config(stack: &Stack, purpose: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
+        .set("group.id", format!("bench-{purpose}-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false");
+    config
+}
+
 /// Every record of a BalanceChanged topic up to its partitions' ends now, in partition
 /// and offset order; Err when the ends were not reached within `limit`.
 pub fn read_balance_changed(
@@ -384,10 +392,7 @@ pub fn read_balance_changed(
     partitions: i32,
     limit: Duration,
 ) -> Result<Vec<BalanceEvent>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
-        .set("group.id", format!("bench-events-{}", Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = reader_config(stack, "events")
         .set("enable.partition.eof", "false")
         .create()
         .expect("event consumer");

@@ -25,6 +25,7 @@
 //!                   [--variants WORKLOAD,...] [--rate N]
 //!                   (workloads hot, spread, hot-joining, all by default; N commands/s, 300)
 
+mod answers;
 mod client;
 mod comparison;
 mod cpu;

@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::answers::Answers;
 use crate::client::{
     Answer, AnswerReader, BalanceEvent, CommandWriter, HandlerProcess, Stack, Transfer,
     read_balance_changed,
@@ -209,13 +209,9 @@ struct Run<'a> {
     logs: Vec<PathBuf>,
     writer: CommandWriter,
     _reader: AnswerReader,
-    answers: mpsc::Receiver<Answer>,
+    answers: Answers,
     accounts: Vec<(String, String)>,
     rng: StdRng,
-    /// The moment each measured command was due.
-    due: HashMap<Uuid, Instant>,
-    /// The first answer to each command.
-    received: HashMap<Uuid, Answer>,
     /// The instance to start during the load (its log), for the joining workload.
     joins_later: Option<PathBuf>,
     binary: PathBuf,
@@ -259,11 +255,9 @@ impl<'a> Run<'a> {
             logs,
             writer,
             _reader: reader,
-            answers,
+            answers: Answers::new(answers),
             accounts: Vec::new(),
             rng: StdRng::seed_from_u64(2026 + accounts as u64),
-            due: HashMap::new(),
-            received: HashMap::new(),
             joins_later,
             binary: binary.to_path_buf(),
         };
@@ -288,7 +282,7 @@ impl<'a> Run<'a> {
         accounts: usize,
         load: &Load,
     ) -> Result<(), String> {
-        self.open_accounts(accounts)?;
+        self.accounts = self.answers.open_accounts(&self.writer, accounts)?;
         let funding: Vec<Transfer> = (0..accounts).map(|a| self.deposit(a, FUNDING)).collect();
         self.send_and_wait(&funding, Duration::from_secs(120))?;
         result.settled = self.settle(Duration::from_secs(90))?;
@@ -304,26 +298,6 @@ impl<'a> Run<'a> {
                     .contains("publishing the outbox's BalanceChanged events")
             })
             .collect();
-        Ok(())
-    }
-
-    fn open_accounts(&mut self, count: usize) -> Result<(), String> {
-        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
-        for id in &ids {
-            self.writer.open_account(*id);
-        }
-        self.writer.flush();
-        self.wait_for(&ids, Duration::from_secs(120), None);
-        for id in &ids {
-            let answer = self
-                .received
-                .get(id)
-                .ok_or("an account was not opened within 120 s")?;
-            match (&answer.iban, &answer.token) {
-                (Some(iban), Some(token)) => self.accounts.push((iban.clone(), token.clone())),
-                _ => return Err(format!("account creation answered {}", answer.kind)),
-            }
-        }
         Ok(())
     }
 
@@ -368,53 +342,11 @@ impl<'a> Run<'a> {
         }
         self.writer.flush();
         let ids: Vec<Uuid> = transfers.iter().map(|t| t.id).collect();
-        self.wait_for(&ids, limit, None);
-        let missing = ids
-            .iter()
-            .filter(|id| !self.received.contains_key(id))
-            .count();
+        self.answers.wait_for(&ids, limit, None);
+        let missing = ids.len() - self.answers.answered(&ids);
         match missing {
             0 => Ok(()),
             _ => Err(format!("{missing} commands unanswered after {limit:?}")),
-        }
-    }
-
-    /// Takes the answers read so far, for `wait`; the latency of measured commands'
-    /// first answers goes to `histogram`.
-    fn take_answers(&mut self, mut histogram: Option<&mut Histogram<u64>>, wait: Duration) {
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(answer) = self
-                .answers
-                .recv_timeout(left.min(Duration::from_millis(20)))
-            else {
-                if Instant::now() >= deadline {
-                    return;
-                }
-                continue;
-            };
-            if self.received.contains_key(&answer.id) {
-                continue;
-            }
-            if let (Some(h), Some(due)) = (histogram.as_deref_mut(), self.due.get(&answer.id)) {
-                let micros = answer.received.saturating_duration_since(*due).as_micros() as u64;
-                h.record(micros.max(1))
-                    .expect("latency within the histogram's range");
-            }
-            self.received.insert(answer.id, answer);
-        }
-    }
-
-    fn wait_for(
-        &mut self,
-        ids: &[Uuid],
-        limit: Duration,
-        mut histogram: Option<&mut Histogram<u64>>,
-    ) {
-        let deadline = Instant::now() + limit;
-        while ids.iter().any(|id| !self.received.contains_key(id)) && Instant::now() < deadline {
-            self.take_answers(histogram.as_deref_mut(), Duration::from_millis(100));
         }
     }
 
@@ -514,7 +446,7 @@ impl<'a> Run<'a> {
                 let transfer = self.next_transfer();
                 self.writer.transfer(&transfer);
                 ids.push(transfer.id);
-                self.due.insert(transfer.id, due);
+                self.answers.due(transfer.id, due);
                 sent += 1;
             }
             if start.elapsed() >= JOIN_AFTER
@@ -528,13 +460,15 @@ impl<'a> Run<'a> {
                 self.logs.push(log);
             }
             // Read answers meanwhile, so that their receive times are exact.
-            self.take_answers(Some(&mut histogram), Duration::from_micros(500));
+            self.answers
+                .take(Some(&mut histogram), Duration::from_micros(500));
         }
-        self.wait_for(&ids, Duration::from_secs(60), Some(&mut histogram));
+        self.answers
+            .wait_for(&ids, Duration::from_secs(60), Some(&mut histogram));
         let after = cpu.read();
         result.cpu_seconds = cpu.between(&before, &after, start.elapsed().as_secs_f64());
         result.lock_waits = locks.stop();
-        let answers: Vec<&Answer> = ids.iter().filter_map(|id| self.received.get(id)).collect();
+        let answers: Vec<&Answer> = ids.iter().filter_map(|id| self.answers.first(id)).collect();
         result.commands = total;
         result.answered = answers.len();
         result.confirmed = answers
@@ -691,19 +625,21 @@ fn same(a: &BalanceEvent, b: &BalanceEvent) -> bool {
 }
 
 impl History {
+    // The same reading as the end-to-end tests' (tests/e2e/faults.rs, AccountHistory).
     fn read(&mut self, event: BalanceEvent) {
-        if self
-            .distinct
-            .get(self.at + 1)
-            .is_some_and(|e| same(e, &event))
-        {
+        let seen = self.distinct.iter().position(|e| same(e, &event));
+        if seen == Some(self.at + 1) {
             // A repeat going on in order.
             self.at += 1;
             self.repeats += 1;
-        } else if let Some(earlier) = self.distinct.iter().position(|e| same(e, &event)) {
+        } else if let Some(earlier) = seen.filter(|earlier| *earlier <= self.at) {
             // A repeat starting again from an earlier event.
             self.at = earlier;
             self.repeats += 1;
+        } else if let Some(later) = seen {
+            // Skipping ahead within a repeat.
+            self.out_of_order += 1;
+            self.at = later;
         } else {
             let follows = self.at + 1 == self.distinct.len()
                 && self.distinct[self.at].new_balance + event.changed_by == event.new_balance;
@@ -715,8 +651,9 @@ impl History {
         }
     }
 
+    /// The balance a reader of the events holds at the end.
     fn last_balance(&self) -> Option<i64> {
-        self.distinct.last().map(|e| e.new_balance)
+        self.distinct.get(self.at).map(|e| e.new_balance)
     }
 }
 

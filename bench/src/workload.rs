@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -14,7 +13,8 @@ use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use crate::Variant;
-use crate::client::{Answer, AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
+use crate::answers::Answers;
+use crate::client::{AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
 use crate::cpu::Processes;
 use crate::mix::{self, BANK};
 use crate::procstat::{MemoryBreakdown, Sampler, Window, memory_breakdown};
@@ -97,12 +97,11 @@ pub struct Bench<'a> {
     sampler: Option<Sampler>,
     writer: CommandWriter,
     _reader: AnswerReader,
-    answers: mpsc::Receiver<Answer>,
+    answers: Answers,
     accounts: Vec<(String, String)>,
     rng: StdRng,
-    /// Every transfer sent, with the moment it was due.
-    sent: HashMap<Uuid, (Transfer, Instant)>,
-    received: HashMap<Uuid, Vec<Answer>>,
+    /// Every transfer sent.
+    sent: HashMap<Uuid, Transfer>,
 }
 
 impl<'a> Bench<'a> {
@@ -141,11 +140,10 @@ impl<'a> Bench<'a> {
             sampler: None,
             writer,
             _reader: reader,
-            answers,
+            answers: Answers::new(answers),
             accounts: Vec::new(),
             rng: StdRng::seed_from_u64(2026),
             sent: HashMap::new(),
-            received: HashMap::new(),
         };
         bench.start_handler();
         bench
@@ -169,64 +167,11 @@ impl<'a> Bench<'a> {
         self.sampler.as_ref().expect("the handler runs")
     }
 
-    /// Takes the answers read so far; the latency of first answers goes to `histogram`.
-    fn take_answers(&mut self, histogram: Option<&mut Histogram<u64>>, wait: Duration) -> usize {
-        let mut histogram = histogram;
-        let mut count = 0;
-        let deadline = Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(answer) = self
-                .answers
-                .recv_timeout(left.min(Duration::from_millis(20)))
-            else {
-                if Instant::now() >= deadline {
-                    return count;
-                }
-                continue;
-            };
-            let earlier = self.received.entry(answer.id).or_default();
-            if earlier.is_empty()
-                && let (Some(h), Some((_, due))) =
-                    (histogram.as_deref_mut(), self.sent.get(&answer.id))
-            {
-                let micros = answer.received.saturating_duration_since(*due).as_micros() as u64;
-                h.record(micros.max(1))
-                    .expect("latency within the histogram's range");
-            }
-            earlier.push(answer);
-            count += 1;
-        }
-    }
-
-    fn wait_for_answers(
-        &mut self,
-        ids: &[Uuid],
-        limit: Duration,
-        mut histogram: Option<&mut Histogram<u64>>,
-    ) {
-        let deadline = Instant::now() + limit;
-        while ids.iter().any(|id| !self.received.contains_key(id)) && Instant::now() < deadline {
-            self.take_answers(histogram.as_deref_mut(), Duration::from_millis(100));
-        }
-    }
-
     pub fn open_accounts(&mut self, count: usize) {
-        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
-        for id in &ids {
-            self.writer.open_account(*id);
-        }
-        self.writer.flush();
-        self.wait_for_answers(&ids, Duration::from_secs(120), None);
-        for id in &ids {
-            let answer = self
-                .received
-                .get(id)
-                .and_then(|a| a.first())
-                .expect("every account opened");
-            self.accounts
-                .push((answer.iban.clone().unwrap(), answer.token.clone().unwrap()));
-        }
+        self.accounts = self
+            .answers
+            .open_accounts(&self.writer, count)
+            .expect("every account opened");
     }
 
     /// The handler's usage and the stack's CPU while idle, after the accounts are open.
@@ -258,29 +203,24 @@ impl<'a> Bench<'a> {
                 let transfer = mix::next_transfer(&mut self.rng, &self.accounts);
                 self.writer.transfer(&transfer);
                 ids.push(transfer.id);
-                self.sent.insert(transfer.id, (transfer, due));
+                self.answers.due(transfer.id, due);
+                self.sent.insert(transfer.id, transfer);
                 sent += 1;
             }
             // Read answers meanwhile, so their receive times are exact.
-            self.take_answers(Some(&mut histogram), Duration::from_micros(500));
+            self.answers
+                .take(Some(&mut histogram), Duration::from_micros(500));
         }
         let sending_ended = Instant::now();
-        self.wait_for_answers(&ids, Duration::from_secs(30), Some(&mut histogram));
+        self.answers
+            .wait_for(&ids, Duration::from_secs(30), Some(&mut histogram));
         self.sampler().sample_now();
         let last_answer = ids
             .iter()
-            .filter_map(|id| {
-                self.received
-                    .get(id)
-                    .and_then(|a| a.first())
-                    .map(|a| a.received)
-            })
+            .filter_map(|id| self.answers.first(id).map(|a| a.received))
             .max()
             .unwrap_or(sending_ended);
-        let answered = ids
-            .iter()
-            .filter(|id| self.received.contains_key(id))
-            .count();
+        let answered = self.answers.answered(&ids);
         let window = self.sampler().window(start, last_answer.max(sending_ended));
         let usage = window.usage;
         let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
@@ -317,26 +257,22 @@ impl<'a> Bench<'a> {
             let transfer = mix::next_transfer(&mut self.rng, &self.accounts);
             self.writer.transfer(&transfer);
             ids.push(transfer.id);
-            self.sent.insert(transfer.id, (transfer, preload));
+            self.answers.due(transfer.id, preload);
+            self.sent.insert(transfer.id, transfer);
         }
         self.writer.flush();
         let started = Instant::now();
         self.start_handler();
         // Samples as the first answer comes and after the last: the drain's edges.
-        while self.take_answers(None, Duration::from_millis(2)) == 0
+        while self.answers.take(None, Duration::from_millis(2)) == 0
             && started.elapsed() < Duration::from_secs(600)
         {}
         self.sampler().sample_now();
-        self.wait_for_answers(&ids, Duration::from_secs(600), None);
+        self.answers.wait_for(&ids, Duration::from_secs(600), None);
         self.sampler().sample_now();
         let times: Vec<Instant> = ids
             .iter()
-            .filter_map(|id| {
-                self.received
-                    .get(id)
-                    .and_then(|a| a.first())
-                    .map(|a| a.received)
-            })
+            .filter_map(|id| self.answers.first(id).map(|a| a.received))
             .collect();
         let (first, last) = (
             times.iter().min().copied().unwrap_or(started),
@@ -360,8 +296,8 @@ impl<'a> Bench<'a> {
     /// the confirmed transfers imply.
     pub fn check_correctness(&mut self) -> Correctness {
         let ids: Vec<Uuid> = self.sent.keys().copied().collect();
-        self.wait_for_answers(&ids, Duration::from_secs(60), None);
-        self.take_answers(None, Duration::from_secs(2));
+        self.answers.wait_for(&ids, Duration::from_secs(60), None);
+        self.answers.take(None, Duration::from_secs(2));
         let mut correctness = Correctness {
             commands: ids.len(),
             ..Correctness::default()
@@ -373,11 +309,12 @@ impl<'a> Bench<'a> {
             .collect();
         let known: HashSet<String> = self.accounts.iter().map(|(iban, _)| iban.clone()).collect();
         let mut bank_delta = 0i64;
-        for (id, (transfer, _)) in &self.sent {
-            let Some(answers) = self.received.get(id) else {
+        for (id, transfer) in &self.sent {
+            let answers = self.answers.to(id);
+            if answers.is_empty() {
                 correctness.unanswered += 1;
                 continue;
-            };
+            }
             let kinds: HashSet<(&str, Option<&str>)> = answers
                 .iter()
                 .map(|a| (a.kind.as_str(), a.reason.as_deref()))

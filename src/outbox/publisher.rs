@@ -10,8 +10,9 @@ use diesel::pg::PgConnection;
 use log::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::db::outbox::{self, OutboxEvent};
+use crate::db::outbox;
 use crate::db::{Database, DbError};
+use crate::domain::BalanceChange;
 use crate::ops::metrics::Metrics;
 use crate::produce::{Outbound, PublishError, PublishRequest};
 use crate::wire::OutputRecord;
@@ -63,7 +64,10 @@ pub(crate) struct PublisherParts {
 /// batch, the session (and so the lock) is held until the producer thread has flushed,
 /// so that no successor publishes those events again before the producer delivered
 /// them; otherwise there is nothing to hold.
-pub(crate) struct Handover(#[allow(dead_code)] Option<PgConnection>);
+pub(crate) struct Handover {
+    /// Held only to be dropped later.
+    _session: Option<PgConnection>,
+}
 
 /// Why the publisher stopped for good; the handler stops with it.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +114,6 @@ pub(crate) struct BalancePublisher {
     /// Since when the loops have stopped: the publisher publishes what is left for at
     /// most the grace, then leaves the rest to a successor.
     loops_stopped_at: Option<Instant>,
-    loops_stopped: bool,
     /// When the handler began stopping, as the publisher first saw it.
     shutdown_seen_at: Option<Instant>,
 }
@@ -131,7 +134,6 @@ impl BalancePublisher {
             leading,
             woken,
             loops_stopped_at: None,
-            loops_stopped: false,
             shutdown_seen_at: None,
         }
     }
@@ -142,7 +144,7 @@ impl BalancePublisher {
         let mut turns = Backoff::new(self.policy.retry_first, self.policy.retry_max);
         loop {
             let Some(mut session) = self.become_publisher() else {
-                return Ok(Handover(None));
+                return Ok(Handover { _session: None });
             };
             self.set_leading(true);
             info!("publishing the outbox's BalanceChanged events (this instance holds its lock)");
@@ -156,14 +158,16 @@ impl BalancePublisher {
                         debug!("releasing the outbox lock: {error}");
                     }
                     info!("stopped publishing BalanceChanged events");
-                    return Ok(Handover(None));
+                    return Ok(Handover { _session: None });
                 }
                 Turn::StoppedUnacknowledged => {
                     info!(
                         "stopped publishing BalanceChanged events; the outbox lock is held \
                          until the producer has flushed"
                     );
-                    return Ok(Handover(Some(session)));
+                    return Ok(Handover {
+                        _session: Some(session),
+                    });
                 }
                 Turn::Lost(why) => {
                     if began.elapsed() > Duration::from_secs(60) {
@@ -192,7 +196,7 @@ impl BalancePublisher {
         let mut backoff = Backoff::new(self.policy.standby_poll, self.policy.retry_max);
         let mut session: Option<PgConnection> = None;
         let mut said_standing_by = false;
-        while !self.loops_stopped {
+        while !self.loops_stopped() {
             let attempt = match session.as_mut() {
                 Some(conn) => outbox::try_lead(conn).map_err(DbError::from),
                 None => self.database.session().and_then(|conn| {
@@ -252,26 +256,27 @@ impl BalancePublisher {
                     Err(error) => Ok(self.lost(error)),
                 };
             }
-            let events = match outbox::take_published_and_read_next(
-                session,
-                &published,
-                self.policy.batch_size,
-            ) {
-                Ok(events) => events,
-                Err(error) => return Ok(self.lost(error)),
-            };
+            let (seqs, events): (Vec<i64>, Vec<BalanceChange>) =
+                match outbox::take_published_and_read_next(
+                    session,
+                    &published,
+                    self.policy.batch_size,
+                ) {
+                    Ok(rows) => rows.into_iter().map(|row| (row.seq, row.event)).unzip(),
+                    Err(error) => return Ok(self.lost(error)),
+                };
             published.clear();
             if events.is_empty() {
-                if self.loops_stopped {
+                if self.loops_stopped() {
                     return Ok(Turn::Stopped);
                 }
                 self.wait_for_events(session);
                 continue;
             }
-            let acknowledged = match self.deliver(&events)? {
+            let acknowledged = match self.deliver(events)? {
                 Delivery::Acknowledged => {
                     backoff = Backoff::new(self.policy.retry_first, self.policy.retry_max);
-                    events.len()
+                    seqs.len()
                 }
                 Delivery::AcknowledgedUpTo {
                     first_refused,
@@ -288,7 +293,7 @@ impl BalancePublisher {
                     warn!(
                         "Kafka did not acknowledge {} BalanceChanged events{size}, sending them \
                          again in order in {delay:?}: {why}",
-                        events.len() - first_refused
+                        seqs.len() - first_refused
                     );
                     self.pause(delay);
                     first_refused
@@ -298,8 +303,8 @@ impl BalancePublisher {
                 Delivery::GaveUp => return Ok(Turn::StoppedUnacknowledged),
             };
             self.metrics.balance_events_published(acknowledged);
-            published.extend(events[..acknowledged].iter().map(|e| e.seq));
-            if self.loops_stopped && acknowledged < events.len() {
+            published.extend_from_slice(&seqs[..acknowledged]);
+            if self.loops_stopped() && acknowledged < seqs.len() {
                 // Stopping: forget what was acknowledged; the rest waits for a successor.
                 return match outbox::take_published_and_read_next(session, &published, 0) {
                     Ok(_) => Ok(Turn::Stopped),
@@ -316,17 +321,14 @@ impl BalancePublisher {
     /// Hands the events, in `seq` order, to the producer thread and waits for Kafka:
     /// without limit while running (the producer reports every record within its
     /// message timeout), at most the grace once the handler is stopping.
-    fn deliver(&mut self, events: &[OutboxEvent]) -> Result<Delivery, PublisherError> {
+    fn deliver(&mut self, events: Vec<BalanceChange>) -> Result<Delivery, PublisherError> {
+        let count = events.len();
         let records = events
-            .iter()
-            .map(|e| {
+            .into_iter()
+            .map(|event| {
                 // Keyed by IBAN, as the JVM handler does: one account, one partition.
-                let key = e.event.iban.clone().into_bytes();
-                Outbound::record(
-                    &self.topic,
-                    key,
-                    OutputRecord::BalanceChanged(e.event.clone()),
-                )
+                let key = event.iban.clone().into_bytes();
+                Outbound::record(&self.topic, key, OutputRecord::BalanceChanged(event))
             })
             .collect();
         let (done, report) = mpsc::sync_channel(1);
@@ -360,7 +362,7 @@ impl BalancePublisher {
                             warn!(
                                 "stopping without Kafka's acknowledgement of {} BalanceChanged \
                                  events; the next publisher sends them again",
-                                events.len()
+                                count
                             );
                             return Ok(Delivery::GaveUp);
                         }
@@ -386,7 +388,7 @@ impl BalancePublisher {
     /// Waits `duration` (a retry's delay), unless the loops stop.
     fn pause(&mut self, duration: Duration) {
         let until = Instant::now() + duration;
-        while !self.loops_stopped {
+        while !self.loops_stopped() {
             let now = Instant::now();
             if now >= until {
                 return;
@@ -416,7 +418,10 @@ impl BalancePublisher {
     }
 
     fn note_loops_stopped(&mut self) {
-        self.loops_stopped = true;
         self.loops_stopped_at.get_or_insert_with(Instant::now);
+    }
+
+    fn loops_stopped(&self) -> bool {
+        self.loops_stopped_at.is_some()
     }
 }

@@ -1,0 +1,116 @@
+//! The answers the load generator reads back, by command id, each measured command's
+//! first answer timed from the moment the command was due: what the variants' steps and
+//! the scaling runs both wait on.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use uuid::Uuid;
+
+use crate::client::{Answer, CommandWriter};
+
+pub struct Answers {
+    incoming: mpsc::Receiver<Answer>,
+    /// Every answer read, by command id, in the order read.
+    by_id: HashMap<Uuid, Vec<Answer>>,
+    /// When each measured command was due.
+    due: HashMap<Uuid, Instant>,
+}
+
+impl Answers {
+    pub fn new(incoming: mpsc::Receiver<Answer>) -> Answers {
+        Answers {
+            incoming,
+            by_id: HashMap::new(),
+            due: HashMap::new(),
+        }
+    }
+
+    /// The command `id` is measured from `at`.
+    pub fn due(&mut self, id: Uuid, at: Instant) {
+        self.due.insert(id, at);
+    }
+
+    /// Every answer to `id` so far.
+    pub fn to(&self, id: &Uuid) -> &[Answer] {
+        self.by_id.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn first(&self, id: &Uuid) -> Option<&Answer> {
+        self.to(id).first()
+    }
+
+    /// How many of `ids` have an answer.
+    pub fn answered(&self, ids: &[Uuid]) -> usize {
+        ids.iter().filter(|id| self.by_id.contains_key(id)).count()
+    }
+
+    /// Takes the answers read for `wait`; the latency of each measured command's first
+    /// answer goes to `histogram`. How many were read.
+    pub fn take(&mut self, mut histogram: Option<&mut Histogram<u64>>, wait: Duration) -> usize {
+        let mut count = 0;
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(answer) = self
+                .incoming
+                .recv_timeout(left.min(Duration::from_millis(20)))
+            else {
+                if Instant::now() >= deadline {
+                    return count;
+                }
+                continue;
+            };
+            let earlier = self.by_id.entry(answer.id).or_default();
+            if earlier.is_empty()
+                && let (Some(h), Some(due)) = (histogram.as_deref_mut(), self.due.get(&answer.id))
+            {
+                let micros = answer.received.saturating_duration_since(*due).as_micros() as u64;
+                h.record(micros.max(1))
+                    .expect("latency within the histogram's range");
+            }
+            earlier.push(answer);
+            count += 1;
+        }
+    }
+
+    /// Takes answers until each of `ids` has one, or `limit` has passed.
+    pub fn wait_for(
+        &mut self,
+        ids: &[Uuid],
+        limit: Duration,
+        mut histogram: Option<&mut Histogram<u64>>,
+    ) {
+        let deadline = Instant::now() + limit;
+        while self.answered(ids) < ids.len() && Instant::now() < deadline {
+            self.take(histogram.as_deref_mut(), Duration::from_millis(100));
+        }
+    }
+
+    /// Opens `count` accounts through the handler: their IBANs and tokens.
+    pub fn open_accounts(
+        &mut self,
+        writer: &CommandWriter,
+        count: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+        for id in &ids {
+            writer.open_account(*id);
+        }
+        writer.flush();
+        self.wait_for(&ids, Duration::from_secs(120), None);
+        ids.iter()
+            .map(|id| {
+                let answer = self
+                    .first(id)
+                    .ok_or("an account was not opened within 120 s")?;
+                match (&answer.iban, &answer.token) {
+                    (Some(iban), Some(token)) => Ok((iban.clone(), token.clone())),
+                    _ => Err(format!("account creation answered {}", answer.kind)),
+                }
+            })
+            .collect()
+    }
+}

@@ -14,7 +14,7 @@ use schema_registry_converter::blocking::schema_registry::SrSettings;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::backoff::{Backoff, sleep_unless_shutdown};
-use crate::config::Config;
+use crate::config::{Config, GroupMembership};
 use crate::consume::consumer::{self, CommandConsumer};
 use crate::consume::kinds::CommandKind;
 use crate::consume::{CommandLoop, LoopError, LoopParts};
@@ -78,6 +78,13 @@ pub(super) fn announce(config: &Config) {
         config.kafka_security(),
         config.batch_size
     );
+    match &config.membership {
+        GroupMembership::Static { name } => info!(
+            "static group member {name} (KAFKA_GROUP_INSTANCE_ID): a restart within the \
+             session timeout keeps this instance's partitions"
+        ),
+        GroupMembership::Dynamic => info!("dynamic group member (KAFKA_GROUP_INSTANCE_ID=none)"),
+    }
     if !config.kafka_properties.is_empty() {
         let names: Vec<String> = config
             .kafka_properties
@@ -290,7 +297,7 @@ pub(super) fn start_loop<K: CommandKind + 'static>(
     inputs: &LoopInputs<'_>,
 ) -> Result<StartedLoop, StartupError> {
     let topic = inputs.config.topics.commands(K::TOPIC).clone();
-    let consumer = consumer::command_consumer(inputs.config, &topic, Arc::clone(inputs.metrics))
+    let consumer = consumer::command_consumer(inputs.config, K::TOPIC, Arc::clone(inputs.metrics))
         .map_err(|error| StartupError::Consumer {
             topic: topic.clone(),
             error,

@@ -107,6 +107,8 @@ pub struct Config {
     pub topics: Topics,
     /// Client id, and also the consumer group id (as the JVM handler did).
     pub client_id: String,
+    /// Whether this instance's consumers are static members of the group.
+    pub membership: GroupMembership,
     pub tls: Option<KafkaTls>,
     /// Both kinds of TLS variables were set: the PEM files won, the stores are unused.
     pub jvm_stores_ignored: bool,
@@ -133,6 +135,29 @@ pub struct Config {
     /// How the command consumers fetch.
     pub consumer: ConsumerTuning,
     pub logging: Logging,
+}
+
+/// How the command consumers belong to their group (`KAFKA_GROUP_INSTANCE_ID`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupMembership {
+    /// Static membership (KIP-345): each consumer joins as `<name>-<command kind>`, and
+    /// the group keeps its partitions for it while it is away, up to the session
+    /// timeout. A restart within that time (a deploy, a crash with `restart: always`)
+    /// moves no partition and starts no rebalance.
+    Static { name: String },
+    /// Every start joins as a new member (`KAFKA_GROUP_INSTANCE_ID=none`, or no host
+    /// name to default to).
+    Dynamic,
+}
+
+impl GroupMembership {
+    /// The `group.instance.id` of the consumer of one kind of command.
+    pub fn instance_id(&self, kind: CommandTopic) -> Option<String> {
+        match self {
+            GroupMembership::Static { name } => Some(format!("{name}-{}", kind.label())),
+            GroupMembership::Dynamic => None,
+        }
+    }
 }
 
 /// How the handler logs (`RUST_LOG`, `LOG_FORMAT`), for `crate::logging::init`.
@@ -175,6 +200,14 @@ pub struct ConsumerTuning {
     /// `statistics.interval.ms`: the statistics feed the consumer lag metric, so they
     /// are on only while HTTP serves the metrics.
     pub statistics_interval_ms: u32,
+    /// `partition.assignment.strategy` of the classic group protocol: cooperative, so
+    /// that a member joining or leaving moves only the partitions that change owner and
+    /// the others keep flowing (librdkafka's default revokes every partition first).
+    pub assignment_strategy: &'static str,
+    /// `heartbeat.interval.ms` of the classic protocol: members learn of a rebalance
+    /// with a heartbeat's answer, and a cooperative rebalance takes two rounds (the
+    /// default: 3 s).
+    pub heartbeat_interval_ms: u32,
 }
 
 impl Default for ConsumerTuning {
@@ -185,6 +218,8 @@ impl Default for ConsumerTuning {
             fetch_queue_backoff_ms: 10,
             auto_commit_interval_ms: 1000,
             statistics_interval_ms: 5000,
+            assignment_strategy: "cooperative-sticky",
+            heartbeat_interval_ms: 1000,
         }
     }
 }

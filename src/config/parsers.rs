@@ -60,6 +60,21 @@ pub(super) fn readable_file(value: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// A name Kafka accepts in a `group.instance.id` (letters, digits, '.', '_', '-'),
+/// short enough for the consumers' suffixes; `none` turns static membership off.
+pub(super) fn group_instance_name(value: &str) -> Result<String, String> {
+    let name = text(value)?;
+    let legal = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if !legal {
+        return Err("must be 1 to 200 letters, digits, '.', '_' or '-' (or none)".into());
+    }
+    Ok(name)
+}
+
 /// `true` or `false` in any case, and nothing else (no `1`, `yes` or `on`).
 pub(super) fn true_or_false(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {

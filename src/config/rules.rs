@@ -8,9 +8,48 @@ use super::settings::Settings;
 use super::source::Vars;
 use super::tls_stores::{self, JvmStores};
 use super::{
-    ClientCertificate, Config, ConfigError, ConsumerTuning, DATABASE_NAME, KafkaTls, Logging,
-    RegistryCredentials, SaslLogin, Secret, TlsFiles, Topics,
+    ClientCertificate, Config, ConfigError, ConsumerTuning, DATABASE_NAME, GroupMembership,
+    KafkaTls, Logging, RegistryCredentials, SaslLogin, Secret, TlsFiles, Topics,
 };
+
+/// `KAFKA_GROUP_INSTANCE_ID`, else the host name (`HOSTNAME`, as containers set it, or
+/// the kernel's): stable across a container's restarts, distinct between containers.
+/// Characters Kafka refuses in an instance id become `_`.
+fn group_membership(given: Option<&str>, vars: &Vars) -> GroupMembership {
+    let name = match given {
+        Some("none") => return GroupMembership::Dynamic,
+        Some(name) => name.to_string(),
+        None => match vars
+            .all()
+            .get("HOSTNAME")
+            .cloned()
+            .or_else(kernel_host_name)
+        {
+            Some(host) if !host.trim().is_empty() => host
+                .trim()
+                .chars()
+                .take(200)
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+                    _ => '_',
+                })
+                .collect(),
+            _ => return GroupMembership::Dynamic,
+        },
+    };
+    GroupMembership::Static { name }
+}
+
+fn kernel_host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if status != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8(buffer[..end].to_vec()).ok()
+}
 
 impl Settings {
     /// `vars` are those the settings were parsed from: some rules ask whether a
@@ -29,6 +68,7 @@ impl Settings {
             kafka_properties: kafka_properties(vars.all())?,
             kafka_brokers: self.kafka_brokers,
             schema_registry_url: self.schema_registry_url,
+            membership: group_membership(self.kafka_group_instance_id.as_deref(), vars),
             client_id: self.kafka_client_id,
             liveness_stall: self.http_liveness_stall_seconds,
             batch_size: self.command_batch_size,

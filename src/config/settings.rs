@@ -39,6 +39,10 @@ pub(crate) struct Settings {
     #[arg(long, env = "KAFKA_CLIENT_ID", default_value = "command-handler")]
     #[arg(value_parser = parsers::text)]
     pub(super) kafka_client_id: String,
+    /// Static group membership: this instance's name, kept across its restarts (unset: the host name; none: dynamic membership)
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    #[arg(value_parser = parsers::group_instance_name)]
+    pub(super) kafka_group_instance_id: Option<String>,
     /// Account creation commands
     #[arg(
         long,

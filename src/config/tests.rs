@@ -122,6 +122,10 @@ fn invalid_values_name_their_variable() {
         ),
         (&[("COMMAND_BATCH_SIZE", "0")], "COMMAND_BATCH_SIZE"),
         (
+            &[("KAFKA_GROUP_INSTANCE_ID", "bank 2")],
+            "KAFKA_GROUP_INSTANCE_ID",
+        ),
+        (
             &[("KAFKA_CMT_TOPIC", "confirm_account_creation")],
             "KAFKA_CMT_TOPIC",
         ),
@@ -278,6 +282,32 @@ fn sasl_and_registry_credentials() {
         !printed.contains("hunter2") && !printed.contains("s3cret"),
         "{printed}"
     );
+}
+
+#[test]
+fn the_group_instance_name_is_given_or_the_host_name_and_none_is_dynamic() {
+    let named = parse(&[("KAFKA_GROUP_INSTANCE_ID", "bank-2"), ("HOSTNAME", "h")]).unwrap();
+    assert_eq!(
+        named.membership,
+        GroupMembership::Static {
+            name: "bank-2".into()
+        }
+    );
+    // Containers set HOSTNAME; what Kafka refuses in an instance id becomes '_'.
+    let host = parse(&[("HOSTNAME", "a1b2c3 d4")]).unwrap();
+    assert_eq!(
+        host.membership,
+        GroupMembership::Static {
+            name: "a1b2c3_d4".into()
+        }
+    );
+    // Without HOSTNAME, the kernel's host name.
+    assert!(matches!(
+        parse(&[]).unwrap().membership,
+        GroupMembership::Static { .. }
+    ));
+    let dynamic = parse(&[("KAFKA_GROUP_INSTANCE_ID", "none")]).unwrap();
+    assert_eq!(dynamic.membership, GroupMembership::Dynamic);
 }
 
 #[test]

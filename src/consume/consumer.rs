@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 
-use crate::config::{ClientScope, Config};
+use crate::config::{ClientScope, CommandTopic, Config};
 use crate::kafka::{client_config, pass_through};
 use crate::ops::metrics::Metrics;
 
@@ -91,14 +91,37 @@ fn describe_partitions(list: &rdkafka::TopicPartitionList) -> String {
 
 pub type CommandConsumer = BaseConsumer<ConsumerEvents>;
 
+/// `RDKAFKA_CONSUMER_GROUP_PROTOCOL=consumer` (or `RDKAFKA_GROUP_PROTOCOL`): KIP-848.
+fn next_generation_protocol(config: &Config) -> bool {
+    config.kafka_properties.iter().any(|property| {
+        property.scope != ClientScope::Producer
+            && property.name == "group.protocol"
+            && property.value.expose().eq_ignore_ascii_case("consumer")
+    })
+}
+
 /// A consumer of one command topic. Offsets are stored by the loop only once the
 /// answers of a record are acknowledged (`enable.auto.offset.store=false`); stored
 /// offsets are committed in the background and on shutdown.
 pub fn command_consumer(
     config: &Config,
-    topic: &str,
+    kind: CommandTopic,
     metrics: Arc<Metrics>,
 ) -> KafkaResult<CommandConsumer> {
+    let topic = config.topics.commands(kind);
+    let consumer: CommandConsumer =
+        consumer_settings(config, kind).create_with_context(ConsumerEvents {
+            topic: topic.to_string(),
+            rebalanced: AtomicBool::new(false),
+            assignment: Mutex::new(None),
+            metrics,
+        })?;
+    consumer.subscribe(&[topic.as_str()])?;
+    Ok(consumer)
+}
+
+/// The settings of the consumer of one kind of command.
+fn consumer_settings(config: &Config, kind: CommandTopic) -> ClientConfig {
     let mut settings = client_config(config);
     settings
         .set("group.id", &config.client_id)
@@ -134,13 +157,82 @@ pub fn command_consumer(
             }
             .to_string(),
         );
+    if let Some(instance_id) = config.membership.instance_id(kind) {
+        settings.set("group.instance.id", instance_id);
+    }
+    // The classic protocol's settings; the next-generation protocol (KIP-848) refuses
+    // them, its brokers decide. `session.timeout.ms` stays librdkafka's 45 s: how long
+    // a static member may be away without its partitions moving, and how long the
+    // brokers may be out of reach before librdkafka rejoins, which fences a static
+    // member's own requests still in flight (the loop then stops; see `consumer_fatal`).
+    if !next_generation_protocol(config) {
+        settings
+            .set("partition.assignment.strategy", tuning.assignment_strategy)
+            .set(
+                "heartbeat.interval.ms",
+                tuning.heartbeat_interval_ms.to_string(),
+            );
+    }
     pass_through(&mut settings, config, ClientScope::Consumers);
-    let consumer: CommandConsumer = settings.create_with_context(ConsumerEvents {
-        topic: topic.to_string(),
-        rebalanced: AtomicBool::new(false),
-        assignment: Mutex::new(None),
-        metrics,
-    })?;
-    consumer.subscribe(&[topic])?;
-    Ok(consumer)
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_vars(vars).expect("a valid configuration")
+    }
+
+    #[test]
+    fn each_consumer_is_a_static_member_of_its_own_name_on_the_classic_protocol() {
+        let config = config(&[("KAFKA_GROUP_INSTANCE_ID", "bank-2")]);
+        let settings = consumer_settings(&config, CommandTopic::MoneyTransfer);
+        assert_eq!(
+            settings.get("group.instance.id"),
+            Some("bank-2-money_transfer")
+        );
+        let other = consumer_settings(&config, CommandTopic::AccountCreation);
+        assert_eq!(
+            other.get("group.instance.id"),
+            Some("bank-2-account_creation")
+        );
+        assert_eq!(settings.get("group.id"), Some("command-handler"));
+        assert_eq!(
+            settings.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(settings.get("session.timeout.ms"), None, "librdkafka's 45 s");
+        assert_eq!(settings.get("heartbeat.interval.ms"), Some("1000"));
+    }
+
+    #[test]
+    fn dynamic_membership_sets_no_instance_id() {
+        let config = config(&[("KAFKA_GROUP_INSTANCE_ID", "none")]);
+        let settings = consumer_settings(&config, CommandTopic::MoneyTransfer);
+        assert_eq!(settings.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn the_next_generation_protocol_gets_none_of_the_classic_settings() {
+        let config = config(&[("RDKAFKA_CONSUMER_GROUP_PROTOCOL", "consumer")]);
+        let settings = consumer_settings(&config, CommandTopic::MoneyTransfer);
+        assert_eq!(settings.get("group.protocol"), Some("consumer"));
+        for classic in [
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+        ] {
+            assert_eq!(settings.get(classic), None, "{classic}");
+        }
+    }
+
+    #[test]
+    fn a_pass_through_setting_wins_over_the_handlers_default() {
+        let config = config(&[("RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS", "45000")]);
+        let settings = consumer_settings(&config, CommandTopic::MoneyTransfer);
+        assert_eq!(settings.get("session.timeout.ms"), Some("45000"));
+    }
 }

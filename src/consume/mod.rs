@@ -164,7 +164,7 @@ impl<K: CommandKind> CommandLoop<K> {
     fn consume(&mut self) -> Result<(), Interrupted> {
         while !self.context.shutdown_requested() {
             self.context.heartbeat.beat();
-            let batch = self.poll_batch();
+            let batch = self.poll_batch()?;
             if batch.is_empty() {
                 // Quiet: nothing comes behind what is in flight.
                 self.complete_in_flight()?;
@@ -183,13 +183,16 @@ impl<K: CommandKind> CommandLoop<K> {
     /// Up to `batch_size` records: waits briefly for the first, then takes what is
     /// already fetched, so a quiet topic answers each command at once and a busy one
     /// is applied in large transactions.
-    fn poll_batch(&self) -> Batch {
+    fn poll_batch(&self) -> Result<Batch, Interrupted> {
         let mut records = Vec::new();
         let mut timeout = Duration::from_millis(100);
         while records.len() < self.batch_size {
             match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(record)) => records.push(record.detach()),
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    return Err(Interrupted::Fatal(self.consumer_fatal(code)));
+                }
                 Some(Err(error)) => {
                     warn!("polling {} failed: {error}", self.topic());
                     break;
@@ -205,9 +208,35 @@ impl<K: CommandKind> CommandLoop<K> {
             // Records of partitions revoked while polling belong to their new owner now.
             records.retain(|m| assigned.find_partition(m.topic(), m.partition()).is_some());
         }
-        Batch {
+        Ok(Batch {
             records,
             polled_at: Instant::now(),
+        })
+    }
+
+    /// The consumer is unusable (librdkafka raised a fatal error): the loop stops, and
+    /// the process exits non-zero with what to do about it.
+    fn consumer_fatal(&self, code: RDKafkaErrorCode) -> LoopError {
+        // The poll's code says only "fatal"; the client keeps the one that was.
+        let (code, why) = self
+            .consumer
+            .client()
+            .fatal_error()
+            .unwrap_or_else(|| (code, code.to_string()));
+        let why = match code {
+            RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::UnreleasedInstanceId => {
+                format!(
+                    "{why}: a consumer with this group.instance.id joined the group, either \
+                     another instance under the same name (give each instance its own \
+                     KAFKA_GROUP_INSTANCE_ID) or this one, rejoining after its session timed \
+                     out while the brokers were out of reach; a restart joins afresh"
+                )
+            }
+            _ => why,
+        };
+        LoopError::ConsumerFatal {
+            topic: self.topic().to_string(),
+            why,
         }
     }
 

@@ -26,6 +26,10 @@ pub enum LoopError {
     PublishFatal(String),
     #[error("the producer thread has stopped")]
     ProducerGone,
+    /// The consumer cannot go on: fenced by another member with the same
+    /// `group.instance.id`, for example.
+    #[error("consuming {topic} failed for good: {why}")]
+    ConsumerFatal { topic: String, why: String },
     /// A per-kind handler broke its contract (one answer per command).
     #[error("internal error: {0}")]
     Internal(String),

@@ -713,11 +713,35 @@ impl TestEnv {
     }
 
     /// Starts a handler process with this test's environment plus `overrides`.
+    ///
+    /// Unless `overrides` name one, the handler gets the `KAFKA_GROUP_INSTANCE_ID` of
+    /// the lowest instance slot no running handler of this test holds: handlers running
+    /// together are distinct static members (all of them share this host's name, the
+    /// default), and one started after another stopped takes its place in the group, as
+    /// a container restarted under the same host name does.
     pub fn start_handler(&mut self, overrides: &[(&str, &str)]) -> usize {
-        let vars = self.handler_env_with(overrides);
+        let mut vars = self.handler_env_with(overrides);
+        let mut slot = None;
+        if !overrides
+            .iter()
+            .any(|(k, _)| *k == "KAFKA_GROUP_INSTANCE_ID")
+        {
+            let held: Vec<usize> = self
+                .handlers
+                .iter_mut()
+                .filter_map(|handler| handler.slot.filter(|_| handler.is_running()))
+                .collect();
+            let free = (0..).find(|s| !held.contains(s)).unwrap();
+            vars.push((
+                "KAFKA_GROUP_INSTANCE_ID".to_string(),
+                format!("{}-slot{free}", self.group),
+            ));
+            slot = Some(free);
+        }
         let index = self.handlers.len();
-        self.handlers
-            .push(Handler::start(&format!("{}-{index}", self.name), &vars));
+        let mut handler = Handler::start(&format!("{}-{index}", self.name), &vars);
+        handler.slot = slot;
+        self.handlers.push(handler);
         index
     }
 
@@ -1167,6 +1191,8 @@ pub struct Handler {
     child: Child,
     pub log_path: PathBuf,
     exit: Option<ExitStatus>,
+    /// The instance slot whose group membership it holds (see `TestEnv::start_handler`).
+    pub slot: Option<usize>,
 }
 
 impl Handler {
@@ -1197,6 +1223,7 @@ impl Handler {
             child,
             log_path,
             exit: None,
+            slot: None,
         }
     }
 

@@ -4,12 +4,14 @@
 
 mod barrier;
 mod harness;
+mod invariants;
 
 mod accounts;
 mod acls;
 mod bad_input;
 mod concurrency;
 mod database_tls;
+mod deploys;
 mod drop_in;
 mod faults;
 mod lifecycle;

@@ -10,6 +10,8 @@ use crate::config::{LogFormat, Logging};
 pub fn init(logging: &Logging) {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&logging.filter);
+    // Milliseconds: what a restart or a failover costs is a matter of them.
+    builder.format_timestamp_millis();
     if logging.format == LogFormat::Json {
         builder.format(|buf, record| {
             let line = serde_json::json!({

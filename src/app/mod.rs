@@ -68,13 +68,23 @@ impl App {
             Ok(None)
         };
 
-        let Some(()) = startup::migrate(&database, &shutdown)? else {
-            return stopped_early(http);
-        };
-        let Some(dead_letter_limit) = startup::output_topics(config, &shutdown)? else {
-            return stopped_early(http);
-        };
-        let Some(encoder) = startup::output_subjects(config, &registry, &shutdown)? else {
+        // Three checks of three services, side by side: a restart (every deploy) waits
+        // for the slowest of them rather than for their sum. One failing for good stops
+        // the others, as the process is about to exit with its error.
+        let (migrated, topics, subjects) = std::thread::scope(|scope| {
+            let migrated = scope
+                .spawn(|| stop_others_on_error(&shutdown, startup::migrate(&database, &shutdown)));
+            let topics = scope.spawn(|| {
+                stop_others_on_error(&shutdown, startup::output_topics(config, &shutdown))
+            });
+            let subjects = stop_others_on_error(
+                &shutdown,
+                startup::output_subjects(config, &registry, &shutdown),
+            );
+            (joined(migrated), joined(topics), subjects)
+        });
+        let (Some(()), Some(dead_letter_limit), Some(encoder)) = (migrated?, topics?, subjects?)
+        else {
             return stopped_early(http);
         };
 
@@ -118,6 +128,21 @@ impl App {
             http,
         }))
     }
+}
+
+/// A start-up stage's outcome; on an error, the other stages are asked to stop.
+fn stop_others_on_error<T>(shutdown: &AtomicBool, stage: startup::Stage<T>) -> startup::Stage<T> {
+    if stage.is_err() {
+        shutdown.store(true, std::sync::atomic::Ordering::Release);
+    }
+    stage
+}
+
+/// A scoped thread's result; its panic goes on in this thread.
+fn joined<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 impl Running {

@@ -29,6 +29,19 @@
 //! (idempotent, so in order per partition), and when N must be sent again, N+1 is sent
 //! again in full behind it.
 //!
+//! # Rebalances
+//!
+//! Rebalances are incremental (cooperative-sticky on the classic protocol, or KIP-848):
+//! a member joining or leaving moves only the partitions that change owner, and the
+//! loop handles each revocation for the revoked partitions alone. The rebalance
+//! callback only raises a flag ([`consumer::ConsumerEvents`]); after the poll the loop
+//! drops the records it just polled of partitions it no longer holds, and a batch in
+//! flight still completes, its offsets stored for the partitions still held (librdkafka
+//! refuses them per partition for the others). The new owner reads a revoked
+//! partition from its last committed offset and answers what it finds recorded as the
+//! first time. Instances are static members ([`crate::config::GroupMembership`]), so a
+//! restart under the same name within the session timeout moves no partition at all.
+//!
 //! # Failures
 //!
 //! Each layer's error says what the loop does ([`retry`]): a transient failure

@@ -52,6 +52,8 @@ pub struct Stack {
     pub db_port: String,
     pub admin_database_url: String,
     pub kafka_version: String,
+    /// Replicas of each topic a test creates: 1, or 3 on a three-broker stack.
+    pub replication: i32,
     /// The broker's mutual-TLS listener and the certificates made for it.
     pub tls: TlsStack,
     pub open_bank: OpenBankTls,
@@ -150,6 +152,10 @@ impl Stack {
             db_port: get("DB_PORT"),
             admin_database_url: get("TEST_ADMIN_DATABASE_URL"),
             kafka_version: vars.get("KAFKA_VERSION").cloned().unwrap_or_default(),
+            replication: vars
+                .get("KAFKA_REPLICATION")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1),
             tls: TlsStack {
                 brokers: get("KAFKA_TLS_BROKERS"),
                 ca: get("TLS_CA_LOCATION"),
@@ -233,7 +239,8 @@ impl Stack {
         let topics: Vec<NewTopic> = names
             .iter()
             .map(|name| {
-                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let topic =
+                    NewTopic::new(name, partitions, TopicReplication::Fixed(self.replication));
                 config
                     .iter()
                     .fold(topic, |topic, (key, value)| topic.set(key, value))
@@ -346,12 +353,23 @@ pub struct PrivateStack {
 
 impl PrivateStack {
     pub fn up(name: &str) -> PrivateStack {
+        PrivateStack::with_brokers(name, 1)
+    }
+
+    /// A stack of `brokers` Kafka nodes (1 or 3; with 3, shaped as the Open Bank
+    /// stack's: replication 3, `min.insync.replicas=2`). Its nodes are `kafka-1` …
+    pub fn with_brokers(name: &str, brokers: usize) -> PrivateStack {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "stack-{name}-{}",
             &Uuid::new_v4().simple().to_string()[..6]
         ));
         // The same Kafka version as the shared stack.
-        let output = dev_stack(&["up", dir.to_str().unwrap()]);
+        let output = dev_stack(&[
+            "up",
+            "--brokers",
+            &brokers.to_string(),
+            dir.to_str().unwrap(),
+        ]);
         assert!(
             output.status.success(),
             "dev/stack up failed:\n{}",
@@ -361,9 +379,16 @@ impl PrivateStack {
         PrivateStack { dir, stack }
     }
 
-    /// Stops a service (kafka, postgres, registry); `start` brings it back on its port.
+    /// Stops a service (kafka, postgres, registry; a Kafka node kafka-N) with SIGTERM
+    /// and waits for it to end (a broker's controlled shutdown); `start` brings it back
+    /// on its port.
     pub fn stop(&self, service: &str) {
         self.service("stop", service);
+    }
+
+    /// SIGKILL (PostgreSQL: an immediate shutdown).
+    pub fn kill(&self, service: &str) {
+        self.service("kill", service);
     }
 
     pub fn start(&self, service: &str) {

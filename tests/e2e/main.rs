@@ -9,6 +9,7 @@ mod invariants;
 mod accounts;
 mod acls;
 mod bad_input;
+mod brokers;
 mod concurrency;
 mod database_tls;
 mod deploys;

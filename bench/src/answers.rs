@@ -1,15 +1,21 @@
 //! The answers the load generator reads back, by command id, each measured command's
-//! first answer timed from the moment the command was due: what the variants' steps and
-//! the scaling runs both wait on.
+//! first answer timed from the moment the command was due: what the variants' steps,
+//! the scaling runs and the disruption scenarios wait on, and the check that each
+//! transfer got one kind of answer and the balances are what the confirmed ones imply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use uuid::Uuid;
 
-use crate::client::{Answer, CommandWriter};
+use crate::client::{Answer, CommandWriter, Transfer};
+use crate::mix::BANK;
+use crate::report::Correctness;
+
+/// The bank account's balance before any command (the handler's seed).
+const BANK_OPENING_BALANCE: i64 = 100_000_000_000_000_000;
 
 pub struct Answers {
     incoming: mpsc::Receiver<Answer>,
@@ -112,5 +118,65 @@ impl Answers {
                 }
             })
             .collect()
+    }
+
+    /// Every transfer of `sent` got exactly one kind of answer (repeats of it counted),
+    /// and every balance of `balances` (the database's) equals what the confirmed
+    /// transfers imply for the run's `accounts` and the bank.
+    pub fn correctness<'t>(
+        &self,
+        sent: impl IntoIterator<Item = &'t Transfer>,
+        accounts: &[(String, String)],
+        balances: &HashMap<String, i64>,
+    ) -> Correctness {
+        let mut correctness = Correctness::default();
+        let mut expected: HashMap<&str, i64> = accounts
+            .iter()
+            .map(|(iban, _)| (iban.as_str(), 0))
+            .collect();
+        let mut bank_delta = 0i64;
+        for transfer in sent {
+            correctness.commands += 1;
+            let answers = self.to(&transfer.id);
+            if answers.is_empty() {
+                correctness.unanswered += 1;
+                continue;
+            }
+            let kinds: HashSet<(&str, Option<&str>)> = answers
+                .iter()
+                .map(|a| (a.kind.as_str(), a.reason.as_deref()))
+                .collect();
+            if kinds.len() > 1 {
+                correctness.answers_disagreeing += 1;
+            }
+            correctness.duplicate_answers += answers.len() - 1;
+            if answers[0].kind == "MoneyTransferConfirmed" {
+                correctness.confirmed += 1;
+                for (party, sign) in [(&transfer.from, -1), (&transfer.to, 1)] {
+                    if party == BANK.0 {
+                        bank_delta += sign * transfer.amount;
+                    } else if let Some(balance) = expected.get_mut(party.as_str()) {
+                        *balance += sign * transfer.amount;
+                    }
+                }
+            } else {
+                correctness.failed += 1;
+            }
+        }
+        for (iban, amount) in balances {
+            let want = if iban == BANK.0 {
+                BANK_OPENING_BALANCE + bank_delta
+            } else {
+                match expected.get(iban.as_str()) {
+                    Some(want) => *want,
+                    None => continue,
+                }
+            };
+            correctness.accounts_checked += 1;
+            if want != *amount {
+                correctness.balances_wrong += 1;
+            }
+        }
+        correctness
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -90,10 +90,25 @@ impl Stack {
             .expect("admin client")
     }
 
+    /// How many brokers the stack has (`KAFKA_NODES`, 1 when the env file names none).
+    pub fn brokers(&self) -> usize {
+        self.vars
+            .get("KAFKA_NODES")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Topics of `partitions` partitions, replicated as the stack says
+    /// (`KAFKA_REPLICATION`: 3 on a three-broker stack, 1 when the env file names none).
     pub fn create_topics(&self, names: &[String], partitions: i32) {
+        let replication = self
+            .vars
+            .get("KAFKA_REPLICATION")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
         let topics: Vec<NewTopic> = names
             .iter()
-            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication)))
             .collect();
         let results =
             futures_executor::block_on(self.admin().create_topics(&topics, &AdminOptions::new()))
@@ -135,21 +150,27 @@ impl HandlerProcess {
         self.child.id()
     }
 
-    /// SIGTERM, then wait for the clean exit.
-    pub fn stop(mut self) {
+    /// SIGTERM, then wait for the clean exit (SIGKILL after 60 s): how it exited.
+    pub fn stop(mut self) -> Option<ExitStatus> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Fine-grained: the disruption scenarios report when the exit came.
+            std::thread::sleep(Duration::from_millis(10));
         }
+        self.kill()
+    }
+
+    /// SIGKILL, as a crash: how it exited.
+    pub fn kill(mut self) -> Option<ExitStatus> {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait().ok()
     }
 }
 
@@ -179,10 +200,22 @@ pub struct CommandWriter {
 
 impl CommandWriter {
     pub fn new(stack: &Stack, cac_topic: &str, cmt_topic: &str) -> CommandWriter {
+        Self::configured(stack, cac_topic, cmt_topic, false)
+    }
+
+    /// `idempotent`: a broker failing over makes the producer send no command twice (a
+    /// duplicate answer then is the handler's doing, not the load generator's).
+    pub fn configured(
+        stack: &Stack,
+        cac_topic: &str,
+        cmt_topic: &str,
+        idempotent: bool,
+    ) -> CommandWriter {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
             .set("linger.ms", "1")
             .set("queue.buffering.max.messages", "1000000")
+            .set("enable.idempotence", idempotent.to_string())
             .create()
             .expect("command producer");
         CommandWriter {
@@ -459,4 +492,21 @@ pub fn read_balance_changed(
     }
     events.sort_by_key(|e| (e.partition, e.offset));
     Ok(events)
+}
+
+/// Every IBAN's balance in a run's database.
+pub fn balances(database_url: &str) -> Result<HashMap<String, i64>, String> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        iban: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        amount: i64,
+    }
+    let mut db = PgConnection::establish(database_url)
+        .map_err(|e| format!("cannot connect to the run's database: {e}"))?;
+    let rows = diesel::sql_query("SELECT iban, amount FROM balance")
+        .load::<Row>(&mut db)
+        .map_err(|e| format!("cannot read balances: {e}"))?;
+    Ok(rows.into_iter().map(|r| (r.iban, r.amount)).collect())
 }

@@ -65,14 +65,14 @@ impl Floor {
 }
 
 /// Nearest-rank quantile of milliseconds; `None` when nothing was measured.
-fn quantile(values: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn quantile(values: &[f64], q: f64) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
     sorted.get(rank - 1).copied()
 }
 
-fn short_id() -> String {
+pub(crate) fn short_id() -> String {
     Uuid::new_v4().simple().to_string()[..6].to_string()
 }
 
@@ -87,7 +87,7 @@ fn kafka_round_trips(stack: &Stack) -> Result<Vec<f64>, String> {
 
 /// Hands each acknowledgement over a channel the moment the producer's polling thread
 /// sees it (a producer's own `flush` or `poll` waits out its whole timeout slice).
-struct Acknowledgements(Mutex<Sender<Result<(), String>>>);
+pub(crate) struct Acknowledgements(pub(crate) Mutex<Sender<Result<(), String>>>);
 
 impl ClientContext for Acknowledgements {}
 

@@ -24,12 +24,23 @@
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR --scaling [--quick]
 //!                   [--variants WORKLOAD,...] [--rate N]
 //!                   (workloads hot, spread, hot-joining, all by default; N commands/s, 300)
+//!
+//! `--disruptions` runs only the disruption scenarios (see `disruption`): rolling and
+//! crash restarts of handler instances, a broker stopped or killed (on a three-broker
+//! stack, beside a plain librdkafka pair under the same action); writes
+//! DIR/disruptions.{md,json}.
+//!   open-bank-bench --stack-env FILE --handler PATH --out DIR --disruptions [--quick]
+//!                   [--scenarios NAME,...] [--rate N] [--handler-env K=V]... [--compare]
+//!                   [--crash-instances N] [--append]
+//!                   (the stack's state dir, for `dev/stack`, is the env file's folder)
 
 mod answers;
 mod client;
 mod comparison;
 mod cpu;
+mod disruption;
 mod floor;
+mod group;
 mod markdown;
 mod mix;
 mod procstat;
@@ -130,8 +141,20 @@ struct Args {
     only: Vec<String>,
     /// The scaling runs instead of the variants.
     scaling: bool,
-    /// The scaling runs' load, commands per second (default 300, quick 100).
+    /// The scaling runs' load, commands per second (default 300, quick 100); the
+    /// disruption scenarios' (default 300, 50 on a three-broker stack).
     rate: Option<u32>,
+    /// The disruption scenarios instead of the variants.
+    disruptions: bool,
+    /// Only these disruption scenarios (all when empty).
+    scenarios: Vec<disruption::Scenario>,
+    /// Added to every handler's environment in the disruption scenarios.
+    handler_env: Vec<(String, String)>,
+    /// The restart scenarios also with other consumer group settings.
+    compare: bool,
+    crash_instances: usize,
+    /// Keep the other scenarios' runs of disruptions.json.
+    append: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -139,6 +162,8 @@ fn parse_args() -> Result<Args, String> {
     let (mut stack_env, mut handler, mut out, mut quick, mut step_seconds) =
         (None, None, None, false, 15);
     let (mut baseline, mut only, mut scaling, mut rate) = (None, Vec::new(), false, None);
+    let (mut disruptions, mut scenarios, mut handler_env) = (false, Vec::new(), Vec::new());
+    let (mut compare, mut crash_instances, mut append) = (false, 3, false);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -161,6 +186,30 @@ fn parse_args() -> Result<Args, String> {
             }
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
             "--variants" => only = value()?.split(',').map(str::to_string).collect(),
+            "--disruptions" => disruptions = true,
+            "--scenarios" => {
+                scenarios = value()?
+                    .split(',')
+                    .map(|name| {
+                        disruption::Scenario::named(name)
+                            .ok_or_else(|| format!("no disruption scenario {name}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--handler-env" => {
+                let pair = value()?;
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or("--handler-env takes NAME=VALUE")?;
+                handler_env.push((key.to_string(), value.to_string()));
+            }
+            "--compare" => compare = true,
+            "--crash-instances" => {
+                crash_instances = value()?
+                    .parse()
+                    .map_err(|_| "--crash-instances takes a number of instances")?
+            }
+            "--append" => append = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -178,12 +227,24 @@ fn parse_args() -> Result<Args, String> {
         only,
         scaling,
         rate,
+        disruptions,
+        scenarios,
+        handler_env,
+        compare,
+        crash_instances,
+        append,
     })
 }
 
 fn main() {
+    // Under a disruption the load generator's own Kafka clients report every broker
+    // gone and every topic deleted; the report says what matters.
+    let disrupting = std::env::args().any(|a| a == "--disruptions");
     env_logger::Builder::new()
-        .parse_filters("warn")
+        .parse_filters(match disrupting {
+            true => "warn,librdkafka=off,rdkafka::client=off",
+            false => "warn",
+        })
         .parse_default_env()
         .init();
     if let [flag, dir] = &std::env::args().skip(1).collect::<Vec<_>>()[..]
@@ -196,17 +257,35 @@ fn main() {
         return;
     }
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...] [--scaling]");
+        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...] [--scaling] [--disruptions [--scenarios NAME,...] [--handler-env K=V]... [--compare] [--crash-instances N] [--append]]");
         std::process::exit(2)
     });
     let stack = client::Stack::read(&args.stack_env);
     std::fs::create_dir_all(&args.out).expect("create the output folder");
+    // dev/bench says how it was called; run directly, the arguments tell.
+    let command = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| {
+        let args: Vec<String> = std::env::args().collect();
+        args.join(" ")
+    });
+    if args.disruptions {
+        let options = disruption::Options {
+            quick: args.quick,
+            scenarios: args.scenarios,
+            rate: args.rate,
+            handler_env: args.handler_env,
+            compare: args.compare,
+            crash_instances: args.crash_instances,
+            append: args.append,
+            command,
+        };
+        let stack_dir = args
+            .stack_env
+            .parent()
+            .expect("the env file is in the stack's state dir");
+        disruption::run(&stack, stack_dir, &args.handler, &args.out, &options);
+        return;
+    }
     if args.scaling {
-        // dev/bench says how it was called; run directly, the arguments tell.
-        let command = std::env::var("BENCH_COMMAND").unwrap_or_else(|_| {
-            let args: Vec<String> = std::env::args().collect();
-            args.join(" ")
-        });
         let mut load = scaling::Load::new(args.quick);
         if let Some(rate) = args.rate {
             load.per_second = rate;

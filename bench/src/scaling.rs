@@ -8,9 +8,8 @@
 //! to follow one another (repeats only of a run already published, in its order) and its
 //! last to carry the IBAN's balance in PostgreSQL. Writes scaling.md and scaling.json.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,17 +18,12 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use hdrhistogram::Histogram;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::answers::Answers;
-use crate::client::{
-    Answer, AnswerReader, BalanceEvent, CommandWriter, HandlerProcess, Stack, Transfer,
-    read_balance_changed,
-};
+use crate::client::{self, Answer, Stack};
 use crate::cpu::{Counters, Processes, process_seconds};
+use crate::group::{self, HANDLER_LOG, Instances, Traffic, drain_outbox, settle};
 use crate::markdown::shown;
 use crate::procstat::clock_ticks;
 use crate::report::Machine;
@@ -51,13 +45,6 @@ const WORKLOADS: [(&str, usize, &str); 3] = [
 /// The workload whose last instance joins the group under load, [`JOIN_AFTER`] in.
 const JOINING: &str = "hot-joining";
 const JOIN_AFTER: Duration = Duration::from_secs(5);
-
-/// What each account gets from "cash" before the load: enough that transfers of up to
-/// 5,000 between the accounts are nearly all confirmed.
-const FUNDING: i64 = 1_000_000;
-
-/// The handler's default filter: assignments, the publisher's role and every warning.
-const HANDLER_LOG: &str = "warn,open_bank_command_handler=info";
 
 #[derive(Serialize, Deserialize)]
 pub struct ScalingReport {
@@ -205,16 +192,10 @@ pub fn run(
 struct Run<'a> {
     stack: &'a Stack,
     resources: Resources,
-    handlers: Vec<HandlerProcess>,
-    logs: Vec<PathBuf>,
-    writer: CommandWriter,
-    _reader: AnswerReader,
-    answers: Answers,
-    accounts: Vec<(String, String)>,
-    rng: StdRng,
-    /// The instance to start during the load (its log), for the joining workload.
-    joins_later: Option<PathBuf>,
-    binary: PathBuf,
+    instances: Instances,
+    traffic: Traffic,
+    /// One instance is still to start during the load (the joining workload).
+    joins_later: bool,
 }
 
 impl<'a> Run<'a> {
@@ -235,31 +216,18 @@ impl<'a> Run<'a> {
         resources
             .handler_env
             .push(("RUST_LOG".to_string(), HANDLER_LOG.to_string()));
-        let topics = &resources.topics;
-        let writer = CommandWriter::new(stack, &topics[0], &topics[2]);
-        let (reader, answers) =
-            AnswerReader::start(stack, &[topics[1].clone(), topics[3].clone()], PARTITIONS);
-        let logs: Vec<PathBuf> = (0..instances)
-            .map(|i| out.join(format!("{name}.handler-{i}.log")))
-            .collect();
-        let mut logs = logs;
-        let joins_later = (workload == JOINING).then(|| logs.pop()).flatten();
-        let handlers = logs
-            .iter()
-            .map(|log| HandlerProcess::start(binary, &resources.handler_env, log.clone()))
-            .collect();
+        let traffic = Traffic::new(stack, &resources, 2026 + accounts as u64, false);
+        let joins_later = workload == JOINING;
+        let mut handlers = Instances::new(binary, out, &name);
+        for _ in 0..instances - usize::from(joins_later) {
+            handlers.add(resources.handler_env.clone());
+        }
         let mut run = Run {
             stack,
             resources,
-            handlers,
-            logs,
-            writer,
-            _reader: reader,
-            answers: Answers::new(answers),
-            accounts: Vec::new(),
-            rng: StdRng::seed_from_u64(2026 + accounts as u64),
+            instances: handlers,
+            traffic,
             joins_later,
-            binary: binary.to_path_buf(),
         };
         let mut result = ScalingRun {
             workload: workload.to_string(),
@@ -270,8 +238,8 @@ impl<'a> Run<'a> {
         if let Err(error) = run.measure_into(&mut result, accounts, load) {
             result.error = Some(error);
         }
-        run.stop_handlers();
-        (result.handler_warnings, result.frequent_warnings) = run.warnings();
+        run.instances.stop_all();
+        (result.handler_warnings, result.frequent_warnings) = run.instances.warnings();
         run.resources.remove(stack);
         result
     }
@@ -282,146 +250,27 @@ impl<'a> Run<'a> {
         accounts: usize,
         load: &Load,
     ) -> Result<(), String> {
-        self.accounts = self.answers.open_accounts(&self.writer, accounts)?;
-        let funding: Vec<Transfer> = (0..accounts).map(|a| self.deposit(a, FUNDING)).collect();
-        self.send_and_wait(&funding, Duration::from_secs(120))?;
-        result.settled = self.settle(Duration::from_secs(90))?;
-        result.partitions_held = self.assignments().iter().map(Vec::len).collect();
-        let changes_before = self.membership_changes();
-        self.load(result, load)?;
-        result.membership_changes_during = self.membership_changes() - changes_before;
-        result.outbox_left = self.drain_outbox(Duration::from_secs(60))?;
-        self.check_events(result);
-        result.publishers = (0..self.logs.len())
-            .filter(|&i| {
-                self.log(i)
-                    .contains("publishing the outbox's BalanceChanged events")
-            })
+        self.traffic.open_and_fund(accounts)?;
+        let transfer_topic = &self.resources.topics[2];
+        result.settled = settle(
+            &self.instances,
+            &mut self.traffic,
+            transfer_topic,
+            Duration::from_secs(90),
+        )?;
+        result.partitions_held = self
+            .instances
+            .assignments(transfer_topic)
+            .iter()
+            .map(Vec::len)
             .collect();
+        let changes_before = self.instances.membership_changes();
+        self.load(result, load)?;
+        result.membership_changes_during = self.instances.membership_changes() - changes_before;
+        result.outbox_left = drain_outbox(self.resources.database_url(), Duration::from_secs(60))?;
+        self.check_events(result);
+        result.publishers = self.instances.publishers();
         Ok(())
-    }
-
-    /// A deposit from "cash" to account `a`; its description is its id, as of every
-    /// command of the run, so that two equal events are one event sent twice.
-    fn deposit(&self, a: usize, amount: i64) -> Transfer {
-        let id = Uuid::new_v4();
-        Transfer {
-            id,
-            token: String::new(),
-            amount,
-            from: "cash".to_string(),
-            to: self.accounts[a].0.clone(),
-            description: id.to_string(),
-        }
-    }
-
-    /// One in five a deposit from "cash", else a transfer between two of the accounts.
-    fn next_transfer(&mut self) -> Transfer {
-        let n = self.accounts.len();
-        let a = self.rng.random_range(0..n);
-        let amount = self.rng.random_range(100..5_000);
-        if self.rng.random_range(0..5) == 0 {
-            return self.deposit(a, amount);
-        }
-        let b = self.rng.random_range(0..n - 1);
-        let b = if b >= a { b + 1 } else { b };
-        let id = Uuid::new_v4();
-        Transfer {
-            id,
-            token: self.accounts[a].1.clone(),
-            amount,
-            from: self.accounts[a].0.clone(),
-            to: self.accounts[b].0.clone(),
-            description: id.to_string(),
-        }
-    }
-
-    fn send_and_wait(&mut self, transfers: &[Transfer], limit: Duration) -> Result<(), String> {
-        for transfer in transfers {
-            self.writer.transfer(transfer);
-        }
-        self.writer.flush();
-        let ids: Vec<Uuid> = transfers.iter().map(|t| t.id).collect();
-        self.answers.wait_for(&ids, limit, None);
-        let missing = ids.len() - self.answers.answered(&ids);
-        match missing {
-            0 => Ok(()),
-            _ => Err(format!("{missing} commands unanswered after {limit:?}")),
-        }
-    }
-
-    fn log(&self, instance: usize) -> String {
-        std::fs::read_to_string(&self.logs[instance]).unwrap_or_default()
-    }
-
-    /// Assignment and revocation lines of every instance's log.
-    fn membership_changes(&self) -> usize {
-        (0..self.logs.len())
-            .map(|i| {
-                self.log(i)
-                    .lines()
-                    .filter(|l| l.contains("] assigned ") || l.contains("] revoked "))
-                    .count()
-            })
-            .sum()
-    }
-
-    /// The transfer topic partitions each instance holds, as its log tells.
-    fn assignments(&self) -> Vec<Vec<i32>> {
-        let prefix = format!("{}/", self.resources.topics[2]);
-        (0..self.logs.len())
-            .map(|i| {
-                let mut held: Vec<i32> = Vec::new();
-                for line in self.log(i).lines() {
-                    let (assigned, list) = if let Some((_, list)) = line.split_once("] assigned ") {
-                        (true, list)
-                    } else if let Some((_, list)) = line.split_once("] revoked ") {
-                        (false, list)
-                    } else {
-                        continue;
-                    };
-                    let partitions = list
-                        .split(", ")
-                        .filter_map(|p| p.strip_prefix(&prefix)?.trim().parse::<i32>().ok());
-                    for partition in partitions {
-                        // Eager rebalances revoke everything first; cooperative ones
-                        // assign and revoke increments: both read the same way.
-                        held.retain(|p| *p != partition);
-                        if assigned {
-                            held.push(partition);
-                        }
-                    }
-                }
-                held.sort();
-                held
-            })
-            .collect()
-    }
-
-    /// Waits until every instance holds partitions of the transfer topic, each
-    /// partition is held once, and a warm-up round of deposits is answered with no
-    /// assignment changing meanwhile; false when `limit` passed first.
-    fn settle(&mut self, limit: Duration) -> Result<bool, String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let before = self.membership_changes();
-            let held = self.assignments();
-            let mut all: Vec<i32> = held.iter().flatten().copied().collect();
-            all.sort();
-            let spread =
-                held.iter().all(|h| !h.is_empty()) && all == (0..PARTITIONS).collect::<Vec<i32>>();
-            let round: Vec<Transfer> = (0..2 * PARTITIONS as usize)
-                .map(|i| self.deposit(i % self.accounts.len(), 1))
-                .collect();
-            self.send_and_wait(&round, Duration::from_secs(60))?;
-            if spread && self.membership_changes() == before {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
     }
 
     /// The open-loop load, each command sent when due whatever the handlers do.
@@ -430,8 +279,7 @@ impl<'a> Run<'a> {
         let rate = load.per_second;
         let total = (rate as u64 * load.seconds) as usize;
         let mut ids = Vec::with_capacity(total);
-        let pids: Vec<u32> = self.handlers.iter().map(HandlerProcess::pid).collect();
-        let cpu = CpuReading::new(self.stack, &pids);
+        let cpu = CpuReading::new(self.stack, &self.instances.pids());
         let locks = LockSampler::start(
             self.stack.get("TEST_ADMIN_DATABASE_URL"),
             &self.resources.database,
@@ -443,32 +291,31 @@ impl<'a> Run<'a> {
             let due_now = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(total);
             while sent < due_now {
                 let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
-                let transfer = self.next_transfer();
-                self.writer.transfer(&transfer);
+                let transfer = self.traffic.next_transfer();
                 ids.push(transfer.id);
-                self.answers.due(transfer.id, due);
+                self.traffic.answers.due(transfer.id, due);
+                self.traffic.send(transfer);
                 sent += 1;
             }
-            if start.elapsed() >= JOIN_AFTER
-                && let Some(log) = self.joins_later.take()
-            {
-                self.handlers.push(HandlerProcess::start(
-                    &self.binary,
-                    &self.resources.handler_env,
-                    log.clone(),
-                ));
-                self.logs.push(log);
+            if start.elapsed() >= JOIN_AFTER && self.joins_later {
+                self.joins_later = false;
+                self.instances.add(self.resources.handler_env.clone());
             }
             // Read answers meanwhile, so that their receive times are exact.
-            self.answers
+            self.traffic
+                .answers
                 .take(Some(&mut histogram), Duration::from_micros(500));
         }
-        self.answers
+        self.traffic
+            .answers
             .wait_for(&ids, Duration::from_secs(60), Some(&mut histogram));
         let after = cpu.read();
         result.cpu_seconds = cpu.between(&before, &after, start.elapsed().as_secs_f64());
         result.lock_waits = locks.stop();
-        let answers: Vec<&Answer> = ids.iter().filter_map(|id| self.answers.first(id)).collect();
+        let answers: Vec<&Answer> = ids
+            .iter()
+            .filter_map(|id| self.traffic.answers.first(id))
+            .collect();
         result.commands = total;
         result.answered = answers.len();
         result.confirmed = answers
@@ -481,179 +328,17 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn database(&self) -> Result<PgConnection, String> {
-        PgConnection::establish(self.resources.database_url())
-            .map_err(|e| format!("cannot connect to the run's database: {e}"))
-    }
-
-    /// Waits until the outbox is empty; the rows left when `limit` passed.
-    fn drain_outbox(&self, limit: Duration) -> Result<i64, String> {
-        #[derive(QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
-        let mut db = self.database()?;
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = diesel::sql_query("SELECT count(*) AS n FROM cmt_balance_changed")
-                .get_result::<Count>(&mut db)
-                .map_err(|e| format!("cannot count the outbox: {e}"))?
-                .n;
-            if left == 0 || Instant::now() >= deadline {
-                return Ok(left);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
     /// Every event of the run's topic, each IBAN's in order, its last against its
     /// balance in PostgreSQL.
     fn check_events(&self, result: &mut ScalingRun) {
-        let events = match read_balance_changed(
-            self.stack,
-            &self.resources.topics[4],
-            PARTITIONS,
-            Duration::from_secs(120),
-        ) {
-            Ok(events) => events,
-            Err(error) => {
-                result.events_error = Some(error);
-                return;
-            }
-        };
-        result.events = events.len();
-        let mut histories: HashMap<String, History> = HashMap::new();
-        for event in events {
-            histories.entry(event.iban.clone()).or_default().read(event);
-        }
-        result.ibans = histories.len();
-        result.out_of_order = histories.values().map(|h| h.out_of_order).sum();
-        result.repeats = histories.values().map(|h| h.repeats).sum();
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            iban: String,
-            #[diesel(sql_type = BigInt)]
-            amount: i64,
-        }
-        let rows = self.database().and_then(|mut db| {
-            diesel::sql_query("SELECT iban, amount FROM balance")
-                .load::<Row>(&mut db)
-                .map_err(|e| format!("cannot read balances: {e}"))
-        });
-        let balances: HashMap<String, i64> = match rows {
-            Ok(rows) => rows.into_iter().map(|r| (r.iban, r.amount)).collect(),
-            Err(error) => {
-                result.events_error = Some(error);
-                return;
-            }
-        };
-        result.last_event_differs = histories
-            .iter()
-            .filter(|(iban, history)| history.last_balance() != balances.get(*iban).copied())
-            .count();
-    }
-
-    /// SIGTERM to every instance at once, each waited for.
-    fn stop_handlers(&mut self) {
-        let handlers: Vec<HandlerProcess> = self.handlers.drain(..).collect();
-        std::thread::scope(|scope| {
-            for handler in handlers {
-                scope.spawn(move || handler.stop());
-            }
-        });
-    }
-
-    /// How many warning lines the instances logged, and the most frequent.
-    fn warnings(&self) -> (usize, Vec<(String, usize)>) {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        let mut total = 0;
-        for i in 0..self.logs.len() {
-            for line in self.log(i).lines().filter(|l| l.contains(" WARN ")) {
-                total += 1;
-                let message = line.split_once("] ").map_or(line, |(_, m)| m);
-                let shape: String = message
-                    .chars()
-                    .take(160)
-                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                    .collect();
-                *counts.entry(shape).or_default() += 1;
-            }
-        }
-        let mut frequent: Vec<(String, usize)> = counts.into_iter().collect();
-        frequent.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        frequent.truncate(5);
-        (total, frequent)
-    }
-}
-
-impl Drop for Run<'_> {
-    /// A run that panicked leaves no handler behind.
-    fn drop(&mut self) {
-        self.stop_handlers();
-    }
-}
-
-/// One IBAN's events in offset order. Each must follow the previous distinct one
-/// (`new_balance = previous new_balance + changed_by`), except an event sent again
-/// after a failure, which may only repeat a run already published, in its order.
-#[derive(Default)]
-struct History {
-    /// The distinct events, in the order first read.
-    distinct: Vec<BalanceEvent>,
-    /// Where the reader is in `distinct`: a repeat goes on from here.
-    at: usize,
-    out_of_order: usize,
-    repeats: usize,
-}
-
-fn same(a: &BalanceEvent, b: &BalanceEvent) -> bool {
-    (
-        a.iban.as_str(),
-        a.new_balance,
-        a.changed_by,
-        &a.from_to,
-        &a.description,
-    ) == (
-        b.iban.as_str(),
-        b.new_balance,
-        b.changed_by,
-        &b.from_to,
-        &b.description,
-    )
-}
-
-impl History {
-    // The same reading as the end-to-end tests' (tests/e2e/faults.rs, AccountHistory).
-    fn read(&mut self, event: BalanceEvent) {
-        let seen = self.distinct.iter().position(|e| same(e, &event));
-        if seen == Some(self.at + 1) {
-            // A repeat going on in order.
-            self.at += 1;
-            self.repeats += 1;
-        } else if let Some(earlier) = seen.filter(|earlier| *earlier <= self.at) {
-            // A repeat starting again from an earlier event.
-            self.at = earlier;
-            self.repeats += 1;
-        } else if let Some(later) = seen {
-            // Skipping ahead within a repeat.
-            self.out_of_order += 1;
-            self.at = later;
-        } else {
-            let follows = self.at + 1 == self.distinct.len()
-                && self.distinct[self.at].new_balance + event.changed_by == event.new_balance;
-            if !follows && !self.distinct.is_empty() {
-                self.out_of_order += 1;
-            }
-            self.distinct.push(event);
-            self.at = self.distinct.len() - 1;
-        }
-    }
-
-    /// The balance a reader of the events holds at the end.
-    fn last_balance(&self) -> Option<i64> {
-        self.distinct.get(self.at).map(|e| e.new_balance)
+        let balances = client::balances(self.resources.database_url());
+        let check = group::check_events(self.stack, &self.resources.topics[4], balances.as_ref());
+        result.events_error = check.error;
+        result.events = check.events;
+        result.ibans = check.ibans;
+        result.out_of_order = check.out_of_order;
+        result.repeats = check.repeats;
+        result.last_event_differs = check.last_event_differs;
     }
 }
 

@@ -1,12 +1,10 @@
 //! The workload: accounts opened first, then an open-loop mix of transfers like Open
 //! Bank's command generator's, every answer matched to its command by id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -14,9 +12,9 @@ use uuid::Uuid;
 
 use crate::Variant;
 use crate::answers::Answers;
-use crate::client::{AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
+use crate::client::{self, AnswerReader, CommandWriter, HandlerProcess, Stack, Transfer};
 use crate::cpu::Processes;
-use crate::mix::{self, BANK};
+use crate::mix;
 use crate::procstat::{MemoryBreakdown, Sampler, Window, memory_breakdown};
 use crate::report::{Correctness, Saturation, Step};
 
@@ -298,51 +296,6 @@ impl<'a> Bench<'a> {
         let ids: Vec<Uuid> = self.sent.keys().copied().collect();
         self.answers.wait_for(&ids, Duration::from_secs(60), None);
         self.answers.take(None, Duration::from_secs(2));
-        let mut correctness = Correctness {
-            commands: ids.len(),
-            ..Correctness::default()
-        };
-        let mut expected: HashMap<&str, i64> = self
-            .accounts
-            .iter()
-            .map(|(iban, _)| (iban.as_str(), 0))
-            .collect();
-        let known: HashSet<String> = self.accounts.iter().map(|(iban, _)| iban.clone()).collect();
-        let mut bank_delta = 0i64;
-        for (id, transfer) in &self.sent {
-            let answers = self.answers.to(id);
-            if answers.is_empty() {
-                correctness.unanswered += 1;
-                continue;
-            }
-            let kinds: HashSet<(&str, Option<&str>)> = answers
-                .iter()
-                .map(|a| (a.kind.as_str(), a.reason.as_deref()))
-                .collect();
-            if kinds.len() > 1 {
-                correctness.answers_disagreeing += 1;
-            }
-            correctness.duplicate_answers += answers.len() - 1;
-            if answers[0].kind == "MoneyTransferConfirmed" {
-                correctness.confirmed += 1;
-                for (party, sign) in [(&transfer.from, -1), (&transfer.to, 1)] {
-                    if party == BANK.0 {
-                        bank_delta += sign * transfer.amount;
-                    } else if known.contains(party) {
-                        *expected.get_mut(party.as_str()).unwrap() += sign * transfer.amount;
-                    }
-                }
-            } else {
-                correctness.failed += 1;
-            }
-        }
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = Text)]
-            iban: String,
-            #[diesel(sql_type = BigInt)]
-            amount: i64,
-        }
         let url = self
             .handler_env
             .iter()
@@ -350,24 +303,9 @@ impl<'a> Bench<'a> {
             .unwrap()
             .1
             .clone();
-        let rows: Vec<Row> = diesel::sql_query("SELECT iban, amount FROM balance")
-            .load(&mut PgConnection::establish(&url).expect("connect to the benchmark database"))
-            .expect("read balances");
-        for row in rows {
-            let want = if row.iban == BANK.0 {
-                100_000_000_000_000_000 + bank_delta
-            } else {
-                match expected.get(row.iban.as_str()) {
-                    Some(want) => *want,
-                    None => continue,
-                }
-            };
-            correctness.accounts_checked += 1;
-            if want != row.amount {
-                correctness.balances_wrong += 1;
-            }
-        }
-        correctness
+        let balances = client::balances(&url).expect("read balances");
+        self.answers
+            .correctness(self.sent.values(), &self.accounts, &balances)
     }
 
     pub fn teardown(mut self) {

@@ -67,7 +67,17 @@ impl Instances {
     }
 
     /// Starts one more instance with `env`.
-    pub fn add(&mut self, env: Vec<(String, String)>) {
+    ///
+    /// Each instance is a static group member of a name of its own, kept across its
+    /// restarts, unless `env` names one: every instance runs on this one host, whose
+    /// name the handler would otherwise give them all.
+    pub fn add(&mut self, mut env: Vec<(String, String)>) {
+        if !env.iter().any(|(k, _)| k == "KAFKA_GROUP_INSTANCE_ID") {
+            env.push((
+                "KAFKA_GROUP_INSTANCE_ID".to_string(),
+                format!("{}-i{}", self.run, self.list.len()),
+            ));
+        }
         self.list.push(Instance {
             env,
             process: None,

@@ -204,6 +204,10 @@ pub struct ConsumerTuning {
     /// that a member joining or leaving moves only the partitions that change owner and
     /// the others keep flowing (librdkafka's default revokes every partition first).
     pub assignment_strategy: &'static str,
+    /// `fetch.error.backoff.ms`: how long a partition waits to fetch again after an
+    /// error, such as its leader moving to another broker (the default: 500 ms, which a
+    /// broker's controlled shutdown adds to every answer of the partitions it led).
+    pub fetch_error_backoff_ms: u32,
     /// `heartbeat.interval.ms` of the classic protocol: members learn of a rebalance
     /// with a heartbeat's answer, and a cooperative rebalance takes two rounds (the
     /// default: 3 s).
@@ -218,6 +222,7 @@ impl Default for ConsumerTuning {
             fetch_queue_backoff_ms: 10,
             auto_commit_interval_ms: 1000,
             statistics_interval_ms: 5000,
+            fetch_error_backoff_ms: 100,
             assignment_strategy: "cooperative-sticky",
             heartbeat_interval_ms: 1000,
         }

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
-use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{ClientScope, CommandTopic, Config};
 use crate::kafka::{client_config, pass_through};
@@ -148,6 +148,10 @@ fn consumer_settings(config: &Config, kind: CommandTopic) -> ClientConfig {
             tuning.fetch_queue_backoff_ms.to_string(),
         )
         .set(
+            "fetch.error.backoff.ms",
+            tuning.fetch_error_backoff_ms.to_string(),
+        )
+        .set(
             "statistics.interval.ms",
             // The statistics feed only the lag metric: without HTTP nobody reads it,
             // and librdkafka then keeps no latency histograms (about 0.5 MiB).
@@ -204,7 +208,11 @@ mod tests {
             settings.get("partition.assignment.strategy"),
             Some("cooperative-sticky")
         );
-        assert_eq!(settings.get("session.timeout.ms"), None, "librdkafka's 45 s");
+        assert_eq!(
+            settings.get("session.timeout.ms"),
+            None,
+            "librdkafka's 45 s"
+        );
         assert_eq!(settings.get("heartbeat.interval.ms"), Some("1000"));
     }
 

@@ -561,6 +561,10 @@ impl Topics {
     fn outputs(&self) -> [&String; 4] {
         [&self.acf, &self.mtf, &self.bc, &self.dlq]
     }
+
+    pub fn all(&self) -> [&String; 6] {
+        [&self.cac, &self.acf, &self.cmt, &self.mtf, &self.bc, &self.dlq]
+    }
 }
 
 /// Everything one test owns: topics, a database, a consumer group, handler processes,
@@ -826,6 +830,40 @@ impl TestEnv {
             .send(record)
             .map_err(|(e, _)| e)
             .expect("queue a command");
+    }
+
+    /// Waits until every partition of this test's topics has all its replicas in sync
+    /// again (after a broker came back), as an operator waits before the next broker.
+    pub fn wait_until_fully_replicated(&self) {
+        let names = self.topics.all();
+        crate::barrier::poll_until(
+            "every partition's replicas in sync",
+            WAIT,
+            Duration::from_millis(200),
+            || {
+                let metadata = self
+                    .collector
+                    .fetch_metadata(None, Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                let lagging: Vec<String> = metadata
+                    .topics()
+                    .iter()
+                    .filter(|topic| names.iter().any(|name| *name == topic.name()))
+                    .flat_map(|topic| {
+                        topic
+                            .partitions()
+                            .iter()
+                            .filter(|p| p.isr().len() < p.replicas().len())
+                            .map(move |p| format!("{}/{}", topic.name(), p.id()))
+                    })
+                    .collect();
+                if lagging.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("out of sync: {}", lagging.join(", ")))
+                }
+            },
+        );
     }
 
     /// Waits until every command sent so far is in Kafka.

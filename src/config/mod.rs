@@ -208,6 +208,11 @@ pub struct ConsumerTuning {
     /// error, such as its leader moving to another broker (the default: 500 ms, which a
     /// broker's controlled shutdown adds to every answer of the partitions it led).
     pub fetch_error_backoff_ms: u32,
+    /// `coordinator.query.interval.ms`: how often the group coordinator is looked up,
+    /// a tenth of it while the one known is unreachable (the default, 10 minutes, left
+    /// a consumer without its coordinator for up to a minute after a broker came back,
+    /// until its session ran out).
+    pub coordinator_query_interval_ms: u32,
     /// `heartbeat.interval.ms` of the classic protocol: members learn of a rebalance
     /// with a heartbeat's answer, and a cooperative rebalance takes two rounds (the
     /// default: 3 s).
@@ -223,6 +228,7 @@ impl Default for ConsumerTuning {
             auto_commit_interval_ms: 1000,
             statistics_interval_ms: 5000,
             fetch_error_backoff_ms: 100,
+            coordinator_query_interval_ms: 10_000,
             assignment_strategy: "cooperative-sticky",
             heartbeat_interval_ms: 1000,
         }

@@ -152,6 +152,10 @@ fn consumer_settings(config: &Config, kind: CommandTopic) -> ClientConfig {
             tuning.fetch_error_backoff_ms.to_string(),
         )
         .set(
+            "coordinator.query.interval.ms",
+            tuning.coordinator_query_interval_ms.to_string(),
+        )
+        .set(
             "statistics.interval.ms",
             // The statistics feed only the lag metric: without HTTP nobody reads it,
             // and librdkafka then keeps no latency histograms (about 0.5 MiB).

@@ -349,6 +349,9 @@ impl Stack {
 pub struct PrivateStack {
     dir: PathBuf,
     pub stack: &'static Stack,
+    /// One private stack at a time: each is a broker (or three) more on the machine's
+    /// two cores, and the tests that use one stop and start services under load.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl PrivateStack {
@@ -359,6 +362,11 @@ impl PrivateStack {
     /// A stack of `brokers` Kafka nodes (1 or 3; with 3, shaped as the Open Bank
     /// stack's: replication 3, `min.insync.replicas=2`). Its nodes are `kafka-1` …
     pub fn with_brokers(name: &str, brokers: usize) -> PrivateStack {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A test that failed while holding it poisons it; the next one may go all the same.
+        let alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "stack-{name}-{}",
             &Uuid::new_v4().simple().to_string()[..6]
@@ -376,7 +384,11 @@ impl PrivateStack {
             String::from_utf8_lossy(&output.stderr)
         );
         let stack: &'static Stack = Box::leak(Box::new(Stack::read(&dir.join("env"))));
-        PrivateStack { dir, stack }
+        PrivateStack {
+            dir,
+            stack,
+            _alone: alone,
+        }
     }
 
     /// Stops a service (kafka, postgres, registry; a Kafka node kafka-N) with SIGTERM
@@ -563,7 +575,9 @@ impl Topics {
     }
 
     pub fn all(&self) -> [&String; 6] {
-        [&self.cac, &self.acf, &self.cmt, &self.mtf, &self.bc, &self.dlq]
+        [
+            &self.cac, &self.acf, &self.cmt, &self.mtf, &self.bc, &self.dlq,
+        ]
     }
 }
 
@@ -638,6 +652,11 @@ impl TestEnv {
             .set("enable.auto.commit", "false")
             // If a broker restart resets its position, read again rather than skip.
             .set("auto.offset.reset", "earliest")
+            // A fetch left hanging by a frozen or restarted broker is given up and sent
+            // again within seconds, not a minute (librdkafka's defaults: 60 s, and up
+            // to 10 s between reconnections).
+            .set("socket.timeout.ms", "10000")
+            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .expect("test consumer");
         let mut assignment = TopicPartitionList::new();
@@ -1106,11 +1125,24 @@ impl TestEnv {
     }
 
     /// The offset after the last record of `topic`'s `partition`.
+    /// Asked again until `WAIT` passes: just after a broker failover the partition's
+    /// leader may not be known yet. The reader of the outputs knows only their topics'
+    /// partitions once brokers failed over (it answers "unknown partition" for a
+    /// command topic then); the producer of the commands knows those.
     pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
-        self.collector
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map(|(_, high)| high)
-            .unwrap_or_else(|e| panic!("no watermarks of {topic}/{partition}: {e}"))
+        let what = format!("the watermarks of {topic}/{partition}");
+        crate::barrier::poll_until(&what, WAIT, Duration::from_millis(200), || {
+            let timeout = Duration::from_secs(10);
+            self.collector
+                .fetch_watermarks(topic, partition, timeout)
+                .or_else(|_| {
+                    self.producer
+                        .client()
+                        .fetch_watermarks(topic, partition, timeout)
+                })
+                .map(|(_, high)| high)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// The topics the handler writes to.

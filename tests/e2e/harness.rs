@@ -657,6 +657,10 @@ impl TestEnv {
             // to 10 s between reconnections).
             .set("socket.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "1000")
+            // A broker just restarted may answer for a while that it has no such topic;
+            // librdkafka then drops the topics and learns them again only at its next
+            // full refresh (5 minutes by default), reading nothing meanwhile.
+            .set("topic.metadata.refresh.interval.ms", "1000")
             .create()
             .expect("test consumer");
         let mut assignment = TopicPartitionList::new();

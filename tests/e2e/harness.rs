@@ -442,8 +442,36 @@ impl Drop for PrivateStack {
         for service in ["kafka", "registry"] {
             let _ = dev_stack(&["thaw-service", service, self.dir.to_str().unwrap()]);
         }
+        if std::thread::panicking() {
+            keep_logs(&self.dir);
+        }
         let _ = dev_stack(&["down", self.dir.to_str().unwrap()]);
     }
+}
+
+/// A failed test's private stack goes down with its directory: its services' logs are
+/// kept beside the handlers' (`target/tmp/stack-logs/<stack>/`), for the failure's story.
+fn keep_logs(dir: &Path) {
+    let Some(name) = dir.file_name() else { return };
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("stack-logs")
+        .join(name);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    if std::fs::create_dir_all(&kept).is_err() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|extension| extension == "log") {
+            let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+        }
+    }
+    eprintln!(
+        "---- the private stack's logs are kept in {} ----",
+        kept.display()
+    );
 }
 
 /// JVM-style writer schemas for the commands (string types carry Java properties),

@@ -240,7 +240,12 @@ impl<'a> Run<'a> {
         }
         run.instances.stop_all();
         (result.handler_warnings, result.frequent_warnings) = run.instances.warnings();
-        run.resources.remove(stack);
+        let Run {
+            resources, traffic, ..
+        } = run;
+        // The answer reader first, so that it does not read the topics going away.
+        drop(traffic);
+        resources.remove(stack);
         result
     }
 

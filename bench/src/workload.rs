@@ -310,7 +310,16 @@ impl<'a> Bench<'a> {
 
     pub fn teardown(mut self) {
         self.stop_handler();
-        self.stack.drop_database(&self.database);
-        self.stack.delete_topics(&self.topics);
+        let Bench {
+            stack,
+            database,
+            topics,
+            _reader: reader,
+            ..
+        } = self;
+        // The answer reader first, so that it does not read the topics going away.
+        drop(reader);
+        stack.drop_database(&database);
+        stack.delete_topics(&topics);
     }
 }

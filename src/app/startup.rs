@@ -6,15 +6,15 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{Level, info, log};
 use rdkafka::error::KafkaError;
 use schema_registry_converter::blocking::schema_registry::SrSettings;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::backoff::{Backoff, sleep_unless_shutdown};
-use crate::config::{Config, GroupMembership};
+use crate::config::{ClientScope, Config, GroupMembership};
 use crate::consume::consumer::{self, CommandConsumer};
 use crate::consume::kinds::CommandKind;
 use crate::consume::{CommandLoop, LoopError, LoopParts};
@@ -71,12 +71,12 @@ pub(super) fn signals() -> Result<Arc<AtomicBool>, StartupError> {
 /// What start-up is about to do, for the log.
 pub(super) fn announce(config: &Config) {
     info!(
-        "starting: brokers {}, topics {:?}, group {}, security {}, batch size {}",
+        "starting: brokers {}, group {}, security {}, batch size {}; topics: {}",
         config.kafka_brokers,
-        config.topics,
         config.client_id,
         config.kafka_security(),
-        config.batch_size
+        config.batch_size,
+        config.topics
     );
     match &config.membership {
         GroupMembership::Static { name } => info!(
@@ -89,7 +89,11 @@ pub(super) fn announce(config: &Config) {
         let names: Vec<String> = config
             .kafka_properties
             .iter()
-            .map(|p| format!("{} ({:?})", p.name, p.scope))
+            .map(|p| match p.scope {
+                ClientScope::All => p.name.clone(),
+                ClientScope::Consumers => format!("{} (consumers)", p.name),
+                ClientScope::Producer => format!("{} (producer)", p.name),
+            })
             .collect();
         info!(
             "librdkafka properties from RDKAFKA_* variables: {}",
@@ -346,6 +350,11 @@ fn spawn<T: Send + 'static>(
         })
 }
 
+/// How long start-up waits for a dependency before its log says so as a warning: a
+/// stack started all at once has the handler up before Kafka or the database, and that
+/// is no trouble yet.
+const WAITING_IS_NORMAL_FOR: Duration = Duration::from_secs(30);
+
 /// Start-up's wait for a dependency: `attempt` gives Err(why) while `what` cannot be
 /// reached (logged, and tried again with a backoff from 0.2 s doubling to 10 s), and
 /// Ok(outcome) once it answered, for better or worse. None when a signal came first.
@@ -355,13 +364,25 @@ fn retry_until_shutdown<T>(
     mut attempt: impl FnMut() -> Result<T, String>,
 ) -> Option<T> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let waiting_since = Instant::now();
     loop {
         let why = match attempt() {
             Ok(outcome) => return Some(outcome),
             Err(why) => why,
         };
         let delay = backoff.next_delay();
-        warn!("{what} not ready, retrying in {delay:?}: {why}");
+        let waited = waiting_since.elapsed();
+        let level = if waited < WAITING_IS_NORMAL_FOR {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        log!(
+            level,
+            "waiting for {what} ({} s so far), trying again in {:.1} s: {why}",
+            waited.as_secs(),
+            delay.as_secs_f64()
+        );
         if !sleep_unless_shutdown(delay, shutdown, || {}) {
             return None;
         }

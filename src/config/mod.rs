@@ -57,6 +57,22 @@ impl CommandTopic {
     }
 }
 
+/// For people: `reads a, b; answers on c, d; events on e; dead letters to f`.
+impl std::fmt::Display for Topics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reads {}, {}; answers on {}, {}; events on {}; dead letters to {}",
+            self.account_creation_commands,
+            self.money_transfer_commands,
+            self.account_creation_feedback,
+            self.money_transfer_feedback,
+            self.balance_changed,
+            self.dead_letter
+        )
+    }
+}
+
 impl Topics {
     /// The topic commands of this kind come from.
     pub fn commands(&self, kind: CommandTopic) -> &String {

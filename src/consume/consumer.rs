@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::{info, warn};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{ClientScope, CommandTopic, Config};
-use crate::kafka::{client_config, pass_through};
+use crate::kafka::{client_config, log_librdkafka, pass_through};
 use crate::ops::metrics::Metrics;
 
 /// What a command consumer's callbacks record. The rebalance callback, which runs inside
@@ -54,6 +55,10 @@ impl ConsumerEvents {
 }
 
 impl ClientContext for ConsumerEvents {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         warn!("kafka consumer of {}: {error}: {reason}", self.topic);
     }
@@ -68,22 +73,27 @@ impl ClientContext for ConsumerEvents {
 impl ConsumerContext for ConsumerEvents {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => info!("assigned {}", describe_partitions(partitions)),
-            Rebalance::Revoke(partitions) => info!("revoked {}", describe_partitions(partitions)),
+            Rebalance::Assign(partitions) => {
+                info!("assigned {}", describe_partitions(&self.topic, partitions))
+            }
+            Rebalance::Revoke(partitions) => {
+                info!("revoked {}", describe_partitions(&self.topic, partitions))
+            }
             Rebalance::Error(error) => warn!("rebalance failed: {error}"),
         }
         self.rebalanced.store(true, Ordering::Release);
     }
 }
 
-fn describe_partitions(list: &rdkafka::TopicPartitionList) -> String {
+fn describe_partitions(topic: &str, list: &rdkafka::TopicPartitionList) -> String {
     let parts: Vec<String> = list
         .elements()
         .iter()
         .map(|e| format!("{}/{}", e.topic(), e.partition()))
         .collect();
     if parts.is_empty() {
-        "no partitions".to_string()
+        // An incremental (cooperative) rebalance that moved nothing of this consumer's.
+        format!("no partitions of {topic}")
     } else {
         parts.join(", ")
     }

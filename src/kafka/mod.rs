@@ -82,3 +82,68 @@ pub fn client_config(config: &Config) -> ClientConfig {
     pass_through(&mut client, config, ClientScope::All);
     client
 }
+
+/// librdkafka's notices that a healthy start brings and that it retries by itself: a
+/// producer asking for its idempotence id while the transaction coordinator still loads
+/// (every fresh cluster, every restarted broker). Shown at debug, so that a warning in
+/// the log always means trouble; were they not transient, the sends they hold up would
+/// fail and say so.
+const TRANSIENT_NOTICES: &[(&str, &str)] = &[
+    ("GETPID", "Coordinator load in progress"),
+    ("GETPID", "Coordinator not available"),
+    ("GETPID", "Not coordinator"),
+];
+
+fn transient(facility: &str, message: &str) -> bool {
+    TRANSIENT_NOTICES
+        .iter()
+        .any(|(fac, words)| facility == *fac && message.contains(words))
+}
+
+/// What every client context does with librdkafka's log lines: its own level, except
+/// for [`TRANSIENT_NOTICES`], at debug.
+pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    let level = match level {
+        _ if transient(facility, message) => log::Level::Debug,
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => log::Level::Error,
+        RDKafkaLogLevel::Warning => log::Level::Warn,
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => log::Level::Info,
+        RDKafkaLogLevel::Debug => log::Level::Debug,
+    };
+    log::log!(target: "librdkafka", level, "librdkafka: {facility} {message}");
+}
+
+/// The context of the short-lived admin clients: librdkafka's lines as
+/// [`log_librdkafka`] rates them, its errors in the handler's words.
+pub(crate) struct AdminContext;
+
+impl rdkafka::ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        log::warn!("kafka admin client: {error}: {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listed_notices_are_transient() {
+        assert!(transient(
+            "GETPID",
+            "Failed to acquire idempotence PID from broker 127.0.0.1:9092/1: Coordinator load in progress: retrying"
+        ));
+        assert!(!transient(
+            "GETPID",
+            "Failed to acquire idempotence PID: Broker: Cluster authorization failed"
+        ));
+        assert!(!transient("FAIL", "Coordinator load in progress"));
+    }
+}

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use log::{info, warn};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::{Client, DefaultClientContext};
+use rdkafka::client::Client;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::metadata::Metadata;
 
 use crate::config::Config;
 use crate::kafka::rights::{self, WriteRight};
-use crate::kafka::{client_config, native};
+use crate::kafka::{AdminContext, client_config, native};
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Short, so that the reason a cluster cannot be read reaches the log soon; start-up
@@ -86,19 +86,21 @@ pub(crate) fn prepare_output_topics(config: &Config) -> Result<OutputTopics, Top
 /// by `check`); what librdkafka logged meanwhile is forwarded to the log when it goes.
 pub(crate) struct StartupAdmin<'a> {
     config: &'a Config,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<AdminContext>,
 }
 
 impl<'a> StartupAdmin<'a> {
     pub(crate) fn new(config: &'a Config) -> Result<StartupAdmin<'a>, TopicError> {
-        let admin = client_config(config).create().map_err(|e| {
-            TopicError::Unreachable(format!("cannot create a Kafka admin client: {e}"))
-        })?;
+        let admin = client_config(config)
+            .create_with_context(AdminContext)
+            .map_err(|e| {
+                TopicError::Unreachable(format!("cannot create a Kafka admin client: {e}"))
+            })?;
         Ok(StartupAdmin { config, admin })
     }
 
     /// The client underneath, for the probes of `check`.
-    pub(crate) fn client(&self) -> &Client<DefaultClientContext> {
+    pub(crate) fn client(&self) -> &Client<AdminContext> {
         self.admin.inner()
     }
 

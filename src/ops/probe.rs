@@ -84,7 +84,7 @@ pub(crate) fn database_and_migrations(database: &Database, timeout: Duration) ->
 pub(crate) fn registry(settings: &SrSettings) -> Verdict {
     get_all_subjects(settings)
         .map(|subjects| format!("reached; {} subjects", subjects.len()))
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::wire::registry::Brief(&e).to_string())
         .into()
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use log::warn;
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::ProducerContext;
@@ -117,6 +118,10 @@ fn fatal(topic: &str, error: &KafkaError) -> Option<String> {
 pub struct DeliveryReports;
 
 impl ClientContext for DeliveryReports {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::log_librdkafka(level, facility, message);
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         warn!("kafka producer: {error}: {reason}");
     }

@@ -11,7 +11,7 @@ use schema_registry_converter::error::SRCError;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::registry::positive_evidence;
+use super::registry::{Brief, positive_evidence};
 use super::schemas::SCHEMAS;
 use crate::domain::{AccountType, Transfer};
 
@@ -74,9 +74,9 @@ pub enum DecodeError {
 /// trouble, and the record is tried again rather than dead-lettered.
 fn classify_decode_error(error: SRCError) -> DecodeError {
     if positive_evidence(&error) {
-        DecodeError::Malformed(error.to_string())
+        DecodeError::Malformed(Brief(&error).to_string())
     } else {
-        DecodeError::RegistryUnavailable(error.to_string())
+        DecodeError::RegistryUnavailable(Brief(&error).to_string())
     }
 }
 

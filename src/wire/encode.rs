@@ -18,7 +18,7 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use uuid::Uuid;
 
-use super::registry::{positive_evidence, registry_refused, registry_status};
+use super::registry::{Brief, positive_evidence, registry_refused, registry_status};
 use super::schemas::SCHEMAS;
 use crate::domain::{AccountType, BalanceChange};
 
@@ -214,7 +214,8 @@ impl AnswerEncoder {
                         if registry_status(&error) == Some(404) && self.register {
                             format!(
                                 "subject {subject} is not registered and the Schema Registry \
-                             refused to register the handler's schema under it: {error}"
+                             refused to register the handler's schema under it: {}",
+                                Brief(&error)
                             )
                         } else if registry_status(&error) == Some(404) {
                             format!(
@@ -227,13 +228,17 @@ impl AnswerEncoder {
                         } else {
                             format!(
                                 "the latest schema of subject {subject} cannot encode the handler's \
-                             {} records: {error}",
-                                record.full_name()
+                             {} records: {}",
+                                record.full_name(),
+                                Brief(&error)
                             )
                         },
                     )
                 } else {
-                    SubjectError::RegistryUnavailable(format!("subject {subject}: {error}"))
+                    SubjectError::RegistryUnavailable(format!(
+                        "subject {subject}: {}",
+                        Brief(&error)
+                    ))
                 });
             }
         }
@@ -243,7 +248,7 @@ impl AnswerEncoder {
     pub fn encode(&self, topic: &str, record: &OutputRecord) -> Result<Vec<u8>, EncodeError> {
         self.try_encode(topic, record).map_err(|error| {
             self.encoder.remove_errors_from_cache();
-            EncodeError(error.to_string())
+            EncodeError(Brief(&error).to_string())
         })
     }
 

@@ -43,6 +43,20 @@ pub(crate) fn registry_refused(error: &SRCError) -> bool {
     registry_status(error).is_some_and(|status| (400..500).contains(&status))
 }
 
+/// A registry client error in a few words for the log: what failed and why, without
+/// the client's bookkeeping (whether it would retry, whether it cached the error).
+pub(crate) struct Brief<'a>(pub &'a SRCError);
+
+impl std::fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SRCError { error, cause, .. } = self.0;
+        match cause {
+            Some(cause) if !error.contains(cause.as_str()) => write!(f, "{error}: {cause}"),
+            _ => write!(f, "{error}"),
+        }
+    }
+}
+
 /// How long the handler waits for the registry before retrying.
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 

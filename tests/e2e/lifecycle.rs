@@ -165,7 +165,7 @@ fn database_password_never_appears_in_logs() {
         );
         let index = env.start_handler(&[("DATABASE_URL", &url), ("RUST_LOG", "trace")]);
         // The failure is retried and logged; the password must not be.
-        env.handler(index).wait_for_log("database not ready");
+        env.handler(index).wait_for_log("waiting for the database");
         // The retry's reason, as libpq gave it, scrubbed.
         env.handler(index).wait_for_log(reason);
         let log = env.handler(index).log();

@@ -258,7 +258,7 @@ fn registry_basic_auth_and_a_wrong_secret_loses_nothing() {
     env.flush();
     // It waits at start-up, checking the output subjects it cannot read, and tries
     // again at least once more while the command is in its topic.
-    const NOT_READY: &str = "the Schema Registry not ready";
+    const NOT_READY: &str = "waiting for the Schema Registry";
     env.handler(refused).wait_for_log(NOT_READY);
     let tried = env.handler(refused).log().matches(NOT_READY).count();
     env.handler(refused)
@@ -301,7 +301,7 @@ fn liveness_answers_while_start_up_waits_for_the_database() {
     vars.push(("DATABASE_URL", &unreachable));
     let handler = env.start_handler(&vars);
     let base = format!("http://{}", env.handler(handler).http_address());
-    env.handler(handler).wait_for_log("database not ready");
+    env.handler(handler).wait_for_log("waiting for the database");
 
     assert_eq!(http("GET", &format!("{base}/health/live")).status, 200);
     let reply = http_until(&format!("{base}/health/ready"), "a readiness report", |r| {
@@ -407,4 +407,67 @@ fn a_stalled_partition_shows_in_metrics_and_readiness_until_it_passes() {
         metrics.body
     );
     env.handler(handler).stop_cleanly();
+}
+
+/// The handler's own log filter when `RUST_LOG` is unset (`Settings::rust_log`).
+const DEFAULT_LOG_FILTER: &str = "warn,open_bank_command_handler=info";
+
+/// A healthy life at the default log level, on a broker fresh from its first start (where
+/// librdkafka's start-up notices come): start, readiness, accounts opened, a transfer
+/// confirmed and one refused, a second instance joining and leaving, a clean stop. No
+/// line at WARN or ERROR, so that one in an operator's log always means trouble.
+#[test]
+fn a_healthy_run_logs_no_warning_or_error() {
+    let private = PrivateStack::up("quietlog");
+    let mut env = TestEnv::on(private.stack, "quietlog", 3);
+    let quiet = [
+        ("RUST_LOG", DEFAULT_LOG_FILTER),
+        ("HTTP_PORT", "0"),
+        ("HTTP_BIND_ADDRESS", "127.0.0.1"),
+    ];
+    let first = env.start_handler(&quiet);
+    let ready = format!("http://{}/health/ready", env.handler(first).http_address());
+    http_until(&ready, "ready", |r| r.status == 200);
+
+    let (payer, token) = env.open_account();
+    let (payee, _) = env.open_account();
+    assert_eq!(env.transfer(&TransferCmd::new("", 7, "cash", &payer)), None);
+    assert_eq!(
+        env.transfer(&TransferCmd::new(&token, 3, &payer, &payee)),
+        None
+    );
+    assert_eq!(
+        env.transfer(&TransferCmd::new(&token, 60_000, &payer, &payee))
+            .as_deref(),
+        Some("insufficient funds")
+    );
+    let second = env.start_handler(&quiet);
+    env.handler(second)
+        .wait_for_log_where("both consumers assigned", |log| {
+            log.matches("assigned ").count() >= 2
+        });
+    env.barrier();
+    // A static member that stops keeps its partitions until its session times out; the
+    // first instance's log to then is what this test reads.
+    env.handler(second).stop_cleanly();
+    env.handler(first).stop_cleanly();
+
+    for handler in [first, second] {
+        let log = env.handler(handler).log();
+        assert!(log.contains("stopped cleanly"), "{log}");
+        let troubled: Vec<&str> = log
+            .lines()
+            .filter(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|level| level == "WARN" || level == "ERROR")
+            })
+            .collect();
+        assert!(
+            troubled.is_empty(),
+            "a healthy run logged {} warnings or errors:\n{}\n---- whole log ----\n{log}",
+            troubled.len(),
+            troubled.join("\n")
+        );
+    }
 }

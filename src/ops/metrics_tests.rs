@@ -45,6 +45,7 @@ fn at_work() -> (Metrics, Scraped) {
         ]
         .map(|(name, up)| (name.to_string(), up))
         .to_vec(),
+        ready: false,
         retrying: vec![(("cmt".to_string(), 0), Duration::from_millis(12_500))],
     };
     (metrics, scraped)
@@ -87,6 +88,7 @@ fn the_exposition_is_what_it_was() {
             max: 4,
         },
         dependencies: Vec::new(),
+        ready: true,
         retrying: Vec::new(),
     };
     let exposition = Metrics::new().encode(idle);

@@ -16,7 +16,7 @@ use rdkafka::producer::Producer;
 use crate::db::PoolUsage;
 use crate::ops::dependencies::Dependencies;
 use crate::ops::metrics::Describe;
-use crate::ops::readiness::Latest;
+use crate::ops::readiness::{self, Latest};
 
 // The families read when scraped, with their names and help as the README lists them.
 pub(crate) const ASSIGNED_PARTITIONS: Describe = (
@@ -39,6 +39,10 @@ pub(crate) const DEPENDENCY_UP: Describe = (
     "dependency_up",
     "1 when the latest readiness check of a dependency passed (HTTP_PORT set)",
 );
+pub(crate) const READY: Describe = (
+    "ready",
+    "1 when /health/ready answers 200 (the latest readiness report passed), else 0 (HTTP_PORT set)",
+);
 pub(crate) const RETRYING_SECONDS: Describe = (
     "retrying_seconds",
     "How long a partition has been retrying its batch (absent when it is not)",
@@ -53,6 +57,8 @@ pub(crate) struct Scraped {
     pub pool: PoolUsage,
     /// Each dependency's latest readiness check: passed or not.
     pub dependencies: Vec<(String, bool)>,
+    /// What `/health/ready` answers now: ready or not.
+    pub ready: bool,
     /// How long each partition retrying its batch has been at it.
     pub retrying: Vec<((String, i32), Duration)>,
 }
@@ -74,6 +80,7 @@ impl Scraped {
             pool: dependencies.database.usage(),
             dependencies: latest
                 .read(|report| report.map(|r| r.dependencies()).unwrap_or_default()),
+            ready: readiness::answer(dependencies, latest).0,
             retrying: (dependencies.metrics.stalls.now().into_iter())
                 .map(|(at, stall)| (at, stall.since.elapsed()))
                 .collect(),
@@ -96,6 +103,7 @@ impl Collector for Scraped {
         let up = self.dependencies.iter();
         let up = up.map(|(name, up)| ([("dependency", name.clone())], i64::from(*up)));
         gauges(&mut encoder, DEPENDENCY_UP, up)?;
+        gauge(&mut encoder, READY, i64::from(self.ready))?;
         let retrying = self.retrying.iter().map(|((t, partition), since)| {
             ((topic(t), [("partition", *partition)]), since.as_secs_f64())
         });

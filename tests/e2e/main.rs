@@ -17,5 +17,6 @@ mod drop_in;
 mod faults;
 mod lifecycle;
 mod operations;
+mod prometheus;
 mod replay;
 mod transfers;

@@ -130,6 +130,7 @@ pub(super) fn serve_http(
         registry: registry(config, http::PROBE_TIMEOUT)?,
         metrics: Arc::clone(metrics),
         shutdown: Arc::clone(shutdown),
+        bootstrap_servers: config.kafka_brokers.clone(),
         clients: std::sync::OnceLock::new(),
     });
     let serving = Arc::clone(&dependencies);

@@ -3,6 +3,7 @@
 //! [`crate::consume`], the producer in [`crate::produce`].
 
 pub(crate) mod native;
+pub(crate) mod rebootstrap;
 pub(crate) mod rights;
 pub(crate) mod topics;
 

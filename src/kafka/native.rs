@@ -123,6 +123,17 @@ fn forward_log_line<C: ClientContext>(client: &Client<C>, event: &Owned<rd::rd_k
     client.context().log(log_level(level), &facility, &line);
 }
 
+/// Adds `brokers` (a `bootstrap.servers` list) to the brokers `client` knows, as
+/// librdkafka's rebootstrap would; returns how many it added or found configured.
+pub(crate) fn add_brokers<C: ClientContext>(client: &Client<C>, brokers: &str) -> i32 {
+    let Ok(brokers) = std::ffi::CString::new(brokers) else {
+        return 0;
+    };
+    // SAFETY: a live client and a NUL-terminated list that lives for the call, which
+    // copies it.
+    unsafe { rd::rd_kafka_brokers_add(client.native_ptr(), brokers.as_ptr()) }
+}
+
 /// librdkafka's syslog level as rust-rdkafka names it (whose own mapping is private).
 fn log_level(level: i32) -> RDKafkaLogLevel {
     use RDKafkaLogLevel::*;

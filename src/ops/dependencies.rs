@@ -25,6 +25,9 @@ pub struct Dependencies {
     pub registry: SrSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: Arc<AtomicBool>,
+    /// `KAFKA_BROKERS`, to bootstrap a client again that has forgotten every broker
+    /// ([`crate::kafka::rebootstrap`]).
+    pub bootstrap_servers: String,
     /// Set once the Kafka clients exist: the server runs from the start (liveness must
     /// answer while start-up waits for the database), the clients come after migrations.
     pub clients: OnceLock<KafkaClients>,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_migrations::MigrationHarness;
 use rdkafka::client::{Client, ClientContext};
+use rdkafka::error::RDKafkaErrorCode;
 use schema_registry_converter::blocking::schema_registry::{SrSettings, get_all_subjects};
 use serde::Serialize;
 
@@ -96,13 +97,27 @@ pub(crate) fn kafka<C: ClientContext>(
     topics: &[&str],
     timeout: Duration,
 ) -> Verdict {
+    kafka_reach(client, topics, timeout).0
+}
+
+/// [`kafka`], and whether the client found no broker at all to ask (librdkafka's
+/// transport failure: every broker it knows is down, or it knows none).
+pub(crate) fn kafka_reach<C: ClientContext>(
+    client: &Client<C>,
+    topics: &[&str],
+    timeout: Duration,
+) -> (Verdict, bool) {
     let only = match topics {
         [one] => Some(*one),
         _ => None,
     };
     let metadata = match client.fetch_metadata(only, timeout) {
         Ok(metadata) => metadata,
-        Err(error) => return Verdict::failed(error.to_string()),
+        Err(error) => {
+            let no_broker =
+                error.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerTransportFailure);
+            return (Verdict::failed(error.to_string()), no_broker);
+        }
     };
     let missing: Vec<&str> = topics
         .iter()
@@ -115,14 +130,15 @@ pub(crate) fn kafka<C: ClientContext>(
         })
         .collect();
     let brokers = metadata.brokers().len();
-    if missing.is_empty() {
+    let verdict = if missing.is_empty() {
         Verdict::passed(format!("reached; {brokers} brokers"))
     } else {
         Verdict::passed(format!(
             "reached; {brokers} brokers; topics not there yet: {}",
             missing.join(", ")
         ))
-    }
+    };
+    (verdict, false)
 }
 
 /// A connection that answered `SELECT 1` within `timeout`.

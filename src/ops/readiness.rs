@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use log::info;
 use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
 use serde_json::json;
 
+use crate::kafka::rebootstrap::Rebootstrap;
 use crate::ops::dependencies::{Dependencies, PROBE_TIMEOUT};
 use crate::ops::probe::{self, Verdict};
 use crate::ops::stalls::STALLED_AFTER;
@@ -145,10 +147,11 @@ pub(crate) fn answer(dependencies: &Dependencies, latest: &Latest) -> (bool, ser
 /// and not ready.
 pub(crate) fn probe_until_shutdown(dependencies: &Dependencies, latest: &Latest) {
     let mut was_ready: Option<bool> = None;
+    let mut rebootstrap = Rebootstrap::new(&dependencies.bootstrap_servers);
     while !dependencies.shutdown.load(Ordering::Acquire) {
         let report = Report {
             at: Instant::now(),
-            checks: run_checks(dependencies),
+            checks: run_checks(dependencies, &mut rebootstrap),
         };
         let ready = report.passed();
         if was_ready != Some(ready) {
@@ -164,7 +167,7 @@ pub(crate) fn probe_until_shutdown(dependencies: &Dependencies, latest: &Latest)
     }
 }
 
-fn run_checks(dependencies: &Dependencies) -> Vec<(Check, Verdict)> {
+fn run_checks(dependencies: &Dependencies, rebootstrap: &mut Rebootstrap) -> Vec<(Check, Verdict)> {
     let mut checks = vec![
         (
             Check::Database,
@@ -186,7 +189,12 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(Check, Verdict)> {
         let events = consumer.context();
         let topic = events.topic().to_string();
         // The consumer's own topic: a consumer never asks the brokers to create it.
-        let kafka = probe::kafka(consumer.client(), &[&topic], PROBE_TIMEOUT);
+        let (kafka, no_broker) = probe::kafka_reach(consumer.client(), &[&topic], PROBE_TIMEOUT);
+        rebootstrap.observe(
+            &format!("the consumer of {topic}"),
+            consumer.client(),
+            no_broker,
+        );
         let assignment = match events.assignment() {
             Some(partitions) => Verdict::passed(format!("partitions {partitions:?}")),
             None => Verdict::failed("waiting for the consumer group to assign partitions"),
@@ -199,6 +207,11 @@ fn run_checks(dependencies: &Dependencies) -> Vec<(Check, Verdict)> {
         ));
         checks.push((Check::Assignment { topic }, assignment));
     }
+    // The producer is no readiness check of its own (a batch waiting for it is one),
+    // but it may forget its brokers too.
+    let producer = clients.producer.client();
+    let (_, no_broker) = probe::kafka_reach(producer, &[], PROBE_TIMEOUT);
+    rebootstrap.observe("the producer", producer, no_broker);
     for ((topic, partition), stall) in dependencies.metrics.stalls.now() {
         let retrying = stall.since.elapsed();
         if retrying > STALLED_AFTER {

@@ -78,7 +78,7 @@ use self::retry::{Attempt, Interrupted, LoopContext, RetryPolicy};
 use crate::config::Topics;
 use crate::db::Database;
 use crate::ops::heartbeat::Heartbeat;
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{Metrics, Stage, StageClock};
 use crate::outbox::OutboxSignal;
 use crate::produce::{Destinations, PublishRequest};
 use crate::wire::{CommandDecoder, DecodeError};
@@ -177,15 +177,20 @@ impl<K: CommandKind> CommandLoop<K> {
     fn consume(&mut self) -> Result<(), Interrupted> {
         while !self.context.shutdown_requested() {
             self.context.heartbeat.beat();
+            let mut stages = StageClock::start(&self.context.metrics, K::TOPIC);
             let batch = self.poll_batch()?;
             if batch.is_empty() {
                 // Quiet: nothing comes behind what is in flight.
                 self.complete_in_flight()?;
                 continue;
             }
+            stages.lap(Stage::Poll);
             let decoded = self.decode(&batch)?;
+            stages.lap(Stage::Decode);
             let applied = self.apply(&batch, decoded)?;
+            stages.lap(Stage::Apply);
             self.pipeline.hand_over(batch, applied)?;
+            stages.lap(Stage::HandOver);
             while self.pipeline.len() > BATCHES_IN_FLIGHT {
                 self.complete_oldest()?;
             }
@@ -308,15 +313,24 @@ impl<K: CommandKind> CommandLoop<K> {
 
     /// Stage 4: counts an acknowledged batch and stores its offsets.
     fn finish(&mut self, completed: Completed) {
-        let Completed { batch, tally } = completed;
-        self.context.metrics.batch_done(
+        let Completed {
+            batch,
+            tally,
+            acknowledged_in,
+        } = completed;
+        let metrics = &self.context.metrics;
+        metrics.stage_took(K::TOPIC, Stage::Acknowledge, acknowledged_in);
+        metrics.batch_done(
             K::TOPIC,
             self.topic(),
             tally,
             batch.len(),
             batch.polled_at.elapsed(),
         );
+        let storing = Instant::now();
         self.store_offsets(&batch);
+        let metrics = &self.context.metrics;
+        metrics.stage_took(K::TOPIC, Stage::StoreOffsets, storing.elapsed());
     }
 
     /// Stores, per partition, the offset after the batch's last record. Fails only for

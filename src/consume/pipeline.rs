@@ -49,12 +49,16 @@ struct InFlight {
     /// A batch ahead of this one was sent again after this one was handed over: this
     /// one goes again in full behind it.
     send_again: bool,
+    handed_over_at: Instant,
 }
 
 /// A batch Kafka acknowledged in full: its offsets may be stored now.
 pub(super) struct Completed {
     pub batch: Batch,
     pub tally: BatchTally,
+    /// From its hand-over to the last acknowledgement (the next batch was applied
+    /// meanwhile).
+    pub acknowledged_in: Duration,
 }
 
 /// The batches handed to the producer, oldest first.
@@ -87,6 +91,7 @@ impl<P: Publish> Pipeline<P> {
             acknowledgement,
             tally: applied.tally,
             send_again: false,
+            handed_over_at: Instant::now(),
         });
         Ok(())
     }
@@ -130,6 +135,7 @@ impl<P: Publish> Pipeline<P> {
             acknowledgement,
             tally,
             send_again,
+            handed_over_at,
         } = in_flight;
         let mut pending = Some(acknowledgement);
         if send_again {
@@ -178,7 +184,11 @@ impl<P: Publish> Pipeline<P> {
                 }
             }
         })?;
-        let completed = Completed { batch, tally };
+        let completed = Completed {
+            batch,
+            tally,
+            acknowledged_in: handed_over_at.elapsed(),
+        };
         Ok((completed, sent_again))
     }
 }

@@ -19,6 +19,7 @@ fn at_work() -> (Metrics, Scraped) {
     let creation = CommandTopic::AccountCreation;
     metrics.batch_done(creation, "cac", tally(1, 0, 0), 1, millis(30));
     metrics.batch_retried("cmt");
+    metrics.stage_took(transfer, Stage::Apply, millis(3));
     metrics.balance_events_published(3);
     metrics.balance_publisher(true);
     let mut topic = rdkafka::statistics::Topic::default();

@@ -46,6 +46,7 @@ mod mix;
 mod procstat;
 mod report;
 mod scaling;
+mod stages;
 mod workload;
 
 use std::path::PathBuf;

@@ -87,6 +87,7 @@ impl Report {
             let _ = writeln!(md, "## {}: {}\n", v.name, v.description);
             md.push_str(&self.latency_table(v));
             md.push_str(&cpu_table(v));
+            md.push_str(&stage_table(v));
             if let Some(sat) = &v.saturation {
                 let _ = writeln!(
                     md,
@@ -241,6 +242,41 @@ fn cpu_table(v: &VariantResult) -> String {
             rss_mib: [None, Some(sat.rss_mib_peak)],
         }
         .write(&mut md);
+    }
+    md.push('\n');
+    md
+}
+
+/// Per step, where a money-transfer batch's time goes, from the handler's own
+/// histograms (variants serving HTTP only).
+fn stage_table(v: &VariantResult) -> String {
+    if v.steps.iter().all(|s| s.stages.is_empty()) {
+        return String::new();
+    }
+    let mut md = String::from(
+        "Where a batch's time goes, from the handler's `command_handler_stage_seconds`: mean / p99 \
+         (the upper bound of the 99th percentile's histogram bucket) in ms per batch of money \
+         transfers. `acknowledge` runs from hand-over to Kafka's last acknowledgement while the \
+         next batch is applied; `poll` includes waiting for the first record.\n\n| load /s | batches |",
+    );
+    for stage in crate::stages::STAGES {
+        let _ = write!(md, " {stage} |");
+    }
+    md.push_str("\n|---|---:|");
+    md.push_str(&"---:|".repeat(crate::stages::STAGES.len()));
+    md.push('\n');
+    for s in &v.steps {
+        let batches = s.stages.iter().map(|t| t.batches).fold(0.0, f64::max);
+        let _ = write!(md, "| {} | {batches:.0} |", s.target_per_second);
+        for stage in crate::stages::STAGES {
+            match s.stages.iter().find(|t| t.stage == stage) {
+                Some(t) => {
+                    let _ = write!(md, " {:.2} / {:.2} |", t.mean_ms, t.p99_ms);
+                }
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
     }
     md.push('\n');
     md

@@ -37,6 +37,10 @@ pub struct Step {
     pub cpu: CpuPercent,
     #[serde(default)]
     pub cpu_ms_per_1000: CpuPerThousand,
+    /// Per stage of the handler's loop, from its own histograms (variants serving
+    /// HTTP only).
+    #[serde(default)]
+    pub stages: Vec<crate::stages::StageTime>,
 }
 
 impl Step {

@@ -17,6 +17,7 @@ use crate::cpu::Processes;
 use crate::mix;
 use crate::procstat::{MemoryBreakdown, Sampler, Window, memory_breakdown};
 use crate::report::{Correctness, Saturation, Step};
+use crate::stages;
 
 pub const PARTITIONS: i32 = 9;
 
@@ -147,9 +148,12 @@ impl<'a> Bench<'a> {
         bench
     }
 
+    fn handler_log(&self) -> std::path::PathBuf {
+        self.out.join(format!("{}.handler.log", self.name))
+    }
+
     fn start_handler(&mut self) {
-        let log = self.out.join(format!("{}.handler.log", self.name));
-        let handler = HandlerProcess::start(self.binary, &self.handler_env, log);
+        let handler = HandlerProcess::start(self.binary, &self.handler_env, self.handler_log());
         self.sampler = Some(Sampler::start(Processes::of(self.stack, handler.pid())));
         self.handler = Some(handler);
     }
@@ -191,6 +195,8 @@ impl<'a> Bench<'a> {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         let total = (rate as f64 * span.as_secs_f64()) as usize;
         let mut ids = Vec::with_capacity(total);
+        let metrics = stages::metrics_url(&self.handler_log());
+        let stages_before = metrics.as_deref().and_then(stages::scrape);
         self.sampler().sample_now();
         let start = Instant::now();
         let mut sent = 0usize;
@@ -219,6 +225,11 @@ impl<'a> Bench<'a> {
             .max()
             .unwrap_or(sending_ended);
         let answered = self.answers.answered(&ids);
+        let stages_after = metrics.as_deref().and_then(stages::scrape);
+        let stages = match (&stages_before, &stages_after) {
+            (Some(before), Some(after)) => stages::between(before, after),
+            _ => Vec::new(),
+        };
         let window = self.sampler().window(start, last_answer.max(sending_ended));
         let usage = window.usage;
         let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
@@ -242,6 +253,7 @@ impl<'a> Bench<'a> {
             rss_mib_peak: usage.rss_mib_peak,
             cpu: window.cpu,
             cpu_ms_per_1000: window.per_thousand(answered),
+            stages,
         }
     }
 

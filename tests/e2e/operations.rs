@@ -301,7 +301,8 @@ fn liveness_answers_while_start_up_waits_for_the_database() {
     vars.push(("DATABASE_URL", &unreachable));
     let handler = env.start_handler(&vars);
     let base = format!("http://{}", env.handler(handler).http_address());
-    env.handler(handler).wait_for_log("waiting for the database");
+    env.handler(handler)
+        .wait_for_log("waiting for the database");
 
     assert_eq!(http("GET", &format!("{base}/health/live")).status, 200);
     let reply = http_until(&format!("{base}/health/ready"), "a readiness report", |r| {

@@ -3,7 +3,6 @@
 //! before and after a load step, as the mean and p99 per batch of each stage.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,14 +38,6 @@ pub struct Histogram {
 /// Every stage's histogram of the money transfer loop, by stage.
 #[derive(Clone, Debug, Default)]
 pub struct Scrape(BTreeMap<String, Histogram>);
-
-/// The handler's metrics address, from the line it logs when it serves HTTP.
-pub fn metrics_url(handler_log: &Path) -> Option<String> {
-    let log = std::fs::read_to_string(handler_log).ok()?;
-    let rest = log.split("serving health and metrics on ").nth(1)?;
-    let base = rest.split_whitespace().next()?;
-    Some(format!("{}metrics", base))
-}
 
 /// Reads the stage histograms now; None when the handler does not answer.
 pub fn scrape(url: &str) -> Option<Scrape> {

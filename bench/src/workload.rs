@@ -92,6 +92,8 @@ pub struct Bench<'a> {
     topics: Vec<String>,
     database: String,
     handler_env: Vec<(String, String)>,
+    /// The handler's `/metrics`, in variants serving HTTP.
+    metrics_url: Option<String>,
     handler: Option<HandlerProcess>,
     sampler: Option<Sampler>,
     writer: CommandWriter,
@@ -124,6 +126,18 @@ impl<'a> Bench<'a> {
             handler_env.retain(|(k, _)| k != key);
             handler_env.push((key.to_string(), value.to_string()));
         }
+        // A variant serving HTTP gets a port of its own, kept across the restart of the
+        // saturation run, where the per-stage histograms are read.
+        let metrics_url =
+            handler_env
+                .iter_mut()
+                .find(|(k, _)| k == "HTTP_PORT")
+                .map(|(_, port)| {
+                    if port == "0" {
+                        *port = free_port().to_string();
+                    }
+                    format!("http://127.0.0.1:{port}/metrics")
+                });
         let writer = CommandWriter::new(stack, &topics[0], &topics[2]);
         let (reader, answers) =
             AnswerReader::start(stack, &[topics[1].clone(), topics[3].clone()], PARTITIONS);
@@ -135,6 +149,7 @@ impl<'a> Bench<'a> {
             topics,
             database,
             handler_env,
+            metrics_url,
             handler: None,
             sampler: None,
             writer,
@@ -195,8 +210,7 @@ impl<'a> Bench<'a> {
         let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         let total = (rate as f64 * span.as_secs_f64()) as usize;
         let mut ids = Vec::with_capacity(total);
-        let metrics = stages::metrics_url(&self.handler_log());
-        let stages_before = metrics.as_deref().and_then(stages::scrape);
+        let stages_before = self.metrics_url.as_deref().and_then(stages::scrape);
         self.sampler().sample_now();
         let start = Instant::now();
         let mut sent = 0usize;
@@ -225,7 +239,7 @@ impl<'a> Bench<'a> {
             .max()
             .unwrap_or(sending_ended);
         let answered = self.answers.answered(&ids);
-        let stages_after = metrics.as_deref().and_then(stages::scrape);
+        let stages_after = self.metrics_url.as_deref().and_then(stages::scrape);
         let stages = match (&stages_before, &stages_after) {
             (Some(before), Some(after)) => stages::between(before, after),
             _ => Vec::new(),
@@ -334,4 +348,12 @@ impl<'a> Bench<'a> {
         stack.drop_database(&database);
         stack.delete_topics(&topics);
     }
+}
+
+/// A loopback port free now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
 }

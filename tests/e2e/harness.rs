@@ -972,6 +972,19 @@ impl TestEnv {
         );
     }
 
+    /// Sends a transfer record that is not Avro under a fresh key and waits until it
+    /// is dead-lettered; its key.
+    pub fn dead_letter_a_poison_record(&mut self) -> String {
+        let poison_key = Uuid::new_v4().to_string();
+        let cmt = self.topics.cmt.clone();
+        self.send_raw(&cmt, Some(poison_key.as_bytes()), Some(b"not avro"));
+        self.flush();
+        self.collect_until("the dead letter", |outputs| {
+            outputs.iter().any(|o| o.key_text() == poison_key)
+        });
+        poison_key
+    }
+
     /// Sends anything to a command topic, for poison-record tests.
     pub fn send_raw(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) {
         self.produce(topic, key, value, None);

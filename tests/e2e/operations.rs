@@ -1,8 +1,6 @@
 //! Running it as operators do: health and metrics over HTTP, record lines in the log,
 //! SASL over TLS, and Schema Registry basic authentication.
 
-use uuid::Uuid;
-
 use crate::harness::*;
 
 /// Serves HTTP on a free loopback port, with librdkafka statistics (the lag metric)
@@ -51,13 +49,8 @@ fn health_and_metrics_are_served_and_move_with_the_work() {
     let refused = TransferCmd::new("wrong token", 1, &iban, BANK_IBAN);
     assert_eq!(env.transfer(&confirmed), None);
     assert_eq!(env.transfer(&refused).as_deref(), Some("invalid token"));
-    let poison_key = Uuid::new_v4().to_string();
+    let poison_key = env.dead_letter_a_poison_record();
     let cmt = env.topics.cmt.clone();
-    env.send_raw(&cmt, Some(poison_key.as_bytes()), Some(b"not avro"));
-    env.flush();
-    env.collect_until("the dead letter", |outputs| {
-        outputs.iter().any(|o| o.key_text() == poison_key)
-    });
 
     let metrics_url = format!("{base}/metrics");
     let series = |name: &str, labels: &str| format!("command_handler_{name}{{{labels}}}");

@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::barrier::poll_until;
 use crate::harness::*;
@@ -213,13 +212,8 @@ fn every_rule_and_panel_evaluates_against_the_handler_and_a_stall_fires_its_aler
         env.transfer(&TransferCmd::new(&token, 2, &iban, "cash")),
         None
     );
-    let poison_key = Uuid::new_v4().to_string();
+    env.dead_letter_a_poison_record();
     let cmt = env.topics.cmt.clone();
-    env.send_raw(&cmt, Some(poison_key.as_bytes()), Some(b"not avro"));
-    env.flush();
-    env.collect_until("the dead letter", |outputs| {
-        outputs.iter().any(|o| o.key_text() == poison_key)
-    });
 
     // The answers' topic refuses every record: the partition retries its batch.
     let mtf = env.topics.mtf.clone();

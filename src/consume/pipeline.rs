@@ -19,10 +19,10 @@ use log::warn;
 use super::batch::{Applied, Batch};
 use super::retry::{Attempt, Hold, Interrupted, LoopContext, LoopError};
 use crate::ops::metrics::BatchTally;
-use crate::produce::{Outbound, PublishError, PublishRequest};
+use crate::produce::{Acknowledged, Outbound, PublishError, PublishRequest};
 
 /// Where a batch's outcome comes back from the producer thread.
-pub(super) type Acknowledgement = mpsc::Receiver<Result<(), PublishError>>;
+pub(super) type Acknowledgement = mpsc::Receiver<Result<Acknowledged, PublishError>>;
 
 /// Hands records to the producer thread; [`mpsc::Sender`] outside tests.
 pub(super) trait Publish {
@@ -56,8 +56,8 @@ struct InFlight {
 pub(super) struct Completed {
     pub batch: Batch,
     pub tally: BatchTally,
-    /// From its hand-over to the last acknowledgement (the next batch was applied
-    /// meanwhile).
+    /// From its hand-over to Kafka's last acknowledgement (not to when the loop, busy
+    /// with the next batch meanwhile, noticed it).
     pub acknowledged_in: Duration,
 }
 
@@ -155,7 +155,7 @@ impl<P: Publish> Pipeline<P> {
         }
         let mut sent_again = send_again;
         let what = || format!("publishing answers of {}", batch.describe());
-        context.retries(&batch).run(what, || {
+        let acknowledged = context.retries(&batch).run(what, || {
             let acknowledgement = match pending.take() {
                 Some(acknowledgement) => acknowledgement,
                 None => {
@@ -167,7 +167,7 @@ impl<P: Publish> Pipeline<P> {
             };
             match wait_for_acknowledgement(context, &batch, &acknowledgement) {
                 None => Err(Attempt::Shutdown),
-                Some(Ok(())) => Ok(()),
+                Some(Ok(acknowledged)) => Ok(acknowledged),
                 Some(Err(PublishError::Fatal(why))) => {
                     Err(Attempt::Fatal(LoopError::PublishFatal(why)))
                 }
@@ -187,7 +187,7 @@ impl<P: Publish> Pipeline<P> {
         let completed = Completed {
             batch,
             tally,
-            acknowledged_in: handed_over_at.elapsed(),
+            acknowledged_in: acknowledged.at.saturating_duration_since(handed_over_at),
         };
         Ok((completed, sent_again))
     }
@@ -205,7 +205,7 @@ fn wait_for_acknowledgement(
     context: &LoopContext,
     batch: &Batch,
     acknowledgement: &Acknowledgement,
-) -> Option<Result<(), PublishError>> {
+) -> Option<Result<Acknowledged, PublishError>> {
     let retries = context.retries(batch);
     let policy = &context.policy;
     let waiting_since = Instant::now();

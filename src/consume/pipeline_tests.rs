@@ -18,15 +18,15 @@ use crate::ops::metrics::Metrics;
 #[derive(Default)]
 struct ScriptedProducer {
     /// Per publish, in order: the outcome to report, or None to never answer.
-    script: Mutex<VecDeque<Option<Result<(), PublishError>>>>,
+    script: Mutex<VecDeque<Option<Result<Acknowledged, PublishError>>>>,
     /// The keys of each publish's records.
     sent: Mutex<Vec<Vec<String>>>,
     /// Unanswered publishes stay unanswered, not disconnected.
-    silent: Mutex<Vec<mpsc::SyncSender<Result<(), PublishError>>>>,
+    silent: Mutex<Vec<mpsc::SyncSender<Result<Acknowledged, PublishError>>>>,
 }
 
 impl ScriptedProducer {
-    fn answering(script: Vec<Option<Result<(), PublishError>>>) -> Self {
+    fn answering(script: Vec<Option<Result<Acknowledged, PublishError>>>) -> Self {
         ScriptedProducer {
             script: Mutex::new(script.into()),
             ..ScriptedProducer::default()
@@ -147,7 +147,10 @@ fn next_offsets(completed: Option<Completed>) -> Vec<(i32, i64)> {
 
 #[test]
 fn batches_complete_in_the_order_they_were_handed_over() {
-    let producer = ScriptedProducer::answering(vec![Some(Ok(())), Some(Ok(()))]);
+    let producer = ScriptedProducer::answering(vec![
+        Some(Ok(Acknowledged::now())),
+        Some(Ok(Acknowledged::now())),
+    ]);
     let mut pipeline = handed_over(&producer, &[("a", 2), ("b", 1)]);
     let context = context();
     assert_eq!(pipeline.len(), 2);
@@ -175,9 +178,9 @@ fn a_partial_failure_resends_from_the_first_unacknowledged_and_the_batch_behind_
     // then a's rest and all of b again.
     let producer = ScriptedProducer::answering(vec![
         Some(Err(retry)),
-        Some(Ok(())),
-        Some(Ok(())),
-        Some(Ok(())),
+        Some(Ok(Acknowledged::now())),
+        Some(Ok(Acknowledged::now())),
+        Some(Ok(Acknowledged::now())),
     ]);
     let mut pipeline = handed_over(&producer, &[("a", 3), ("b", 2)]);
     let context = context();
@@ -207,7 +210,7 @@ fn a_partial_failure_resends_from_the_first_unacknowledged_and_the_batch_behind_
 fn a_fatal_acknowledgement_stops_and_nothing_behind_it_completes() {
     let producer = ScriptedProducer::answering(vec![
         Some(Err(PublishError::Fatal("fenced".into()))),
-        Some(Ok(())),
+        Some(Ok(Acknowledged::now())),
     ]);
     let mut pipeline = handed_over(&producer, &[("a", 1), ("b", 1)]);
     let context = context();
@@ -223,7 +226,7 @@ fn a_fatal_acknowledgement_stops_and_nothing_behind_it_completes() {
 
 #[test]
 fn shutdown_gives_up_on_an_acknowledgement_after_the_grace_and_completes_nothing() {
-    let producer = ScriptedProducer::answering(vec![None, Some(Ok(()))]);
+    let producer = ScriptedProducer::answering(vec![None, Some(Ok(Acknowledged::now()))]);
     let mut pipeline = handed_over(&producer, &[("a", 1), ("b", 1)]);
     let context = context();
     context.shutdown.store(true, Ordering::Release);
@@ -251,7 +254,7 @@ fn a_slow_acknowledgement_shows_the_partition_stalled_until_it_comes() {
         }
         // Acknowledged either way, so that a failure ends the test rather than hangs it.
         let done = producer.silent.lock().unwrap().pop().unwrap();
-        done.send(Ok(())).unwrap();
+        done.send(Ok(Acknowledged::now())).unwrap();
         (shown, waiter.join().unwrap())
     });
     assert!(answer.0, "the wait was never shown");

@@ -341,7 +341,7 @@ impl BalancePublisher {
             .map_err(|_| producer_gone())?;
         loop {
             match report.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(())) => return Ok(Delivery::Acknowledged),
+                Ok(Ok(_)) => return Ok(Delivery::Acknowledged),
                 Ok(Err(PublishError::Retry {
                     unacknowledged,
                     too_large,

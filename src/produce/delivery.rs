@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use log::warn;
 use rdkafka::ClientContext;
@@ -18,7 +19,20 @@ use super::outbound::Outbound;
 pub struct PublishRequest {
     /// Shared with the consumer thread, which sends the same records again on a retry.
     pub records: Arc<Vec<Outbound>>,
-    pub done: mpsc::SyncSender<Result<(), PublishError>>,
+    pub done: mpsc::SyncSender<Result<Acknowledged, PublishError>>,
+}
+
+/// Kafka acknowledged every record of a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Acknowledged {
+    /// When the last acknowledgement came (the loop may notice it later).
+    pub at: Instant,
+}
+
+impl Acknowledged {
+    pub fn now() -> Self {
+        Acknowledged { at: Instant::now() }
+    }
 }
 
 /// What went wrong publishing a batch, and so what the loop does next.
@@ -43,11 +57,14 @@ pub enum PublishError {
 pub struct BatchDelivery {
     outstanding: AtomicUsize,
     failures: Mutex<Vec<(usize, String, KafkaError)>>,
-    done: mpsc::SyncSender<Result<(), PublishError>>,
+    done: mpsc::SyncSender<Result<Acknowledged, PublishError>>,
 }
 
 impl BatchDelivery {
-    pub fn new(records: usize, done: mpsc::SyncSender<Result<(), PublishError>>) -> Arc<Self> {
+    pub fn new(
+        records: usize,
+        done: mpsc::SyncSender<Result<Acknowledged, PublishError>>,
+    ) -> Arc<Self> {
         Arc::new(BatchDelivery {
             outstanding: AtomicUsize::new(records),
             failures: Mutex::new(Vec::new()),
@@ -76,9 +93,9 @@ impl BatchDelivery {
 }
 
 /// A batch's outcome from its failed records (in batch order).
-fn outcome(failures: &[(usize, String, KafkaError)]) -> Result<(), PublishError> {
+fn outcome(failures: &[(usize, String, KafkaError)]) -> Result<Acknowledged, PublishError> {
     let Some((_, _, first)) = failures.first() else {
-        return Ok(());
+        return Ok(Acknowledged::now());
     };
     if let Some(why) = failures
         .iter()

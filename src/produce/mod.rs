@@ -17,7 +17,9 @@ use log::{error, warn};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
-pub(crate) use self::delivery::{BatchDelivery, DeliveryReports, PublishError, PublishRequest};
+pub(crate) use self::delivery::{
+    Acknowledged, BatchDelivery, DeliveryReports, PublishError, PublishRequest,
+};
 pub(crate) use self::outbound::{Destinations, Outbound, OutboundBody};
 use crate::config::{ClientScope, Config};
 use crate::kafka::{client_config, pass_through};
@@ -71,7 +73,7 @@ fn publish(producer: &AnswerProducer, encoder: &AnswerEncoder, request: PublishR
         }
     }
     if request.records.is_empty() {
-        let _ = request.done.send(Ok(()));
+        let _ = request.done.send(Ok(Acknowledged::now()));
         return;
     }
     let batch = BatchDelivery::new(request.records.len(), request.done);

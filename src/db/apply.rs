@@ -154,9 +154,6 @@ pub fn apply_transfers(
             .filter(|(iban, account)| amounts_before[*iban] != account.amount)
             .map(|(iban, account)| (iban.as_str(), account.amount))
             .collect();
-        let (changed_ibans, changed_amounts): (Vec<&str>, Vec<i64>) = changed.into_iter().unzip();
-        transfers::update_amounts(conn, &changed_ibans, &changed_amounts)?;
-
         let mut transfer_rows: Vec<NewTransfer> = fresh
             .iter()
             .map(|c| NewTransfer {
@@ -166,10 +163,8 @@ pub fn apply_transfers(
                 source_offset: Some(c.read_at.offset),
             })
             .collect();
-        if !transfer_rows.is_empty() {
-            transfer_rows.sort_by_key(|row| row.uuid);
-            transfers::insert_transfers(conn, &transfer_rows)?;
-        }
+        // In id order, so that two instances inserting the same ids cannot deadlock.
+        transfer_rows.sort_by_key(|row| row.uuid);
         let change_rows: Vec<NewBalanceChange> =
             fresh
                 .iter()
@@ -187,11 +182,9 @@ pub fn apply_transfers(
                     )
                 })
                 .collect();
-        if !change_rows.is_empty() {
-            transfers::insert_balance_changes(conn, &change_rows)?;
-            if wake == Wake::ElsewhereToo {
-                outbox::wake_publisher(conn)?;
-            }
+        transfers::write_transfers(conn, &changed, &transfer_rows, &change_rows)?;
+        if !change_rows.is_empty() && wake == Wake::ElsewhereToo {
+            outbox::wake_publisher(conn)?;
         }
 
         // Answers in command order. The first occurrence in the batch of a fresh id gets

@@ -83,6 +83,10 @@ impl Database {
         let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
+            // No `SELECT 1` before every batch (r2d2's default): a connection that broke
+            // fails its batch's first query, which is retried (a transient failure) on a
+            // fresh connection, since r2d2 drops a broken one when it comes back.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .error_handler(Box::new(ScrubbedErrors {
                 password: password.clone(),

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Bytea, Integer, Nullable, SmallInt, Text, Uuid as SqlUuid};
 use uuid::Uuid;
 
-use crate::db::schema::{balance, cmt, cmt_balance_changed};
+use crate::db::schema::{balance, cmt};
 use crate::domain::Iban;
 use crate::domain::transfer::Account;
 
@@ -55,27 +55,7 @@ pub fn lock_accounts(
         .collect())
 }
 
-/// Sets the amounts of these (locked) accounts in one statement.
-pub fn update_amounts(
-    conn: &mut PgConnection,
-    ibans: &[&str],
-    amounts: &[i64],
-) -> QueryResult<usize> {
-    if ibans.is_empty() {
-        return Ok(0);
-    }
-    diesel::sql_query(
-        "UPDATE balance SET amount = changed.amount \
-         FROM unnest($1::text[], $2::bigint[]) AS changed(iban, amount) \
-         WHERE balance.iban = changed.iban",
-    )
-    .bind::<Array<Text>, _>(ibans)
-    .bind::<Array<BigInt>, _>(amounts)
-    .execute(conn)
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = cmt)]
+/// A transfer's outcome, recorded under its command id.
 pub struct NewTransfer<'a> {
     pub uuid: Uuid,
     pub reason: Option<&'a str>,
@@ -83,8 +63,7 @@ pub struct NewTransfer<'a> {
     pub source_offset: Option<i64>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = cmt_balance_changed)]
+/// A BalanceChanged event of a confirmed transfer, for the outbox.
 pub struct NewBalanceChange<'a> {
     pub cmt_uuid: Uuid,
     pub position: i16,
@@ -95,18 +74,57 @@ pub struct NewBalanceChange<'a> {
     pub description: &'a [u8],
 }
 
-pub fn insert_transfers(conn: &mut PgConnection, rows: &[NewTransfer<'_>]) -> QueryResult<usize> {
-    diesel::insert_into(cmt::table).values(rows).execute(conn)
-}
-
-pub fn insert_balance_changes(
+/// Everything a batch of transfers writes, in one statement (one round trip instead of
+/// three): the new amounts of the (locked) accounts it changed, the outcomes, and the
+/// events, which get their `seq` in the order given.
+pub fn write_transfers(
     conn: &mut PgConnection,
-    rows: &[NewBalanceChange<'_>],
-) -> QueryResult<usize> {
-    if rows.is_empty() {
-        return Ok(0);
+    amounts: &[(&str, i64)],
+    outcomes: &[NewTransfer<'_>],
+    events: &[NewBalanceChange<'_>],
+) -> QueryResult<()> {
+    if amounts.is_empty() && outcomes.is_empty() && events.is_empty() {
+        return Ok(());
     }
-    diesel::insert_into(cmt_balance_changed::table)
-        .values(rows)
-        .execute(conn)
+    // Columns as arrays, one element per row: the statement's text is the same for
+    // every batch size.
+    let (ibans, new_amounts): (Vec<&str>, Vec<i64>) = amounts.iter().copied().unzip();
+    diesel::sql_query(
+        "WITH changed AS ( \
+           UPDATE balance SET amount = c.amount \
+           FROM unnest($1::text[], $2::bigint[]) AS c(iban, amount) \
+           WHERE balance.iban = c.iban), \
+         outcomes AS ( \
+           INSERT INTO cmt (uuid, reason, source_partition, source_offset) \
+           SELECT * FROM unnest($3::uuid[], $4::text[], $5::integer[], $6::bigint[])) \
+         INSERT INTO cmt_balance_changed \
+           (cmt_uuid, position, iban, new_balance, changed_by, from_to, description) \
+         SELECT cmt_uuid, position, iban, new_balance, changed_by, from_to, description \
+         FROM unnest($7::uuid[], $8::smallint[], $9::text[], $10::bigint[], $11::bigint[], \
+                     $12::bytea[], $13::bytea[]) WITH ORDINALITY \
+           AS e(cmt_uuid, position, iban, new_balance, changed_by, from_to, description, n) \
+         ORDER BY n",
+    )
+    .bind::<Array<Text>, _>(ibans)
+    .bind::<Array<BigInt>, _>(new_amounts)
+    .bind::<Array<SqlUuid>, _>(outcomes.iter().map(|o| o.uuid).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(outcomes.iter().map(|o| o.reason).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Integer>>, _>(
+        outcomes
+            .iter()
+            .map(|o| o.source_partition)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<BigInt>>, _>(
+        outcomes.iter().map(|o| o.source_offset).collect::<Vec<_>>(),
+    )
+    .bind::<Array<SqlUuid>, _>(events.iter().map(|e| e.cmt_uuid).collect::<Vec<_>>())
+    .bind::<Array<SmallInt>, _>(events.iter().map(|e| e.position).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(events.iter().map(|e| e.iban).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(events.iter().map(|e| e.new_balance).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(events.iter().map(|e| e.changed_by).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(events.iter().map(|e| e.from_to).collect::<Vec<_>>())
+    .bind::<Array<Bytea>, _>(events.iter().map(|e| e.description).collect::<Vec<_>>())
+    .execute(conn)?;
+    Ok(())
 }

@@ -29,6 +29,8 @@ pub(crate) struct PublisherPolicy {
     pub notification_poll: Duration,
     /// How often an idle publisher reads the outbox anyway.
     pub idle_read: Duration,
+    /// How long events Kafka acknowledged may wait for the next read to delete them.
+    pub delete_published_within: Duration,
     /// The first and the longest delay before sending again what Kafka refused.
     pub retry_first: Duration,
     pub retry_max: Duration,
@@ -43,6 +45,7 @@ impl Default for PublisherPolicy {
             standby_poll: Duration::from_millis(100),
             notification_poll: Duration::from_millis(5),
             idle_read: Duration::from_secs(1),
+            delete_published_within: Duration::from_millis(100),
             retry_first: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             stopping_grace: Duration::from_secs(15),
@@ -270,9 +273,10 @@ impl BalancePublisher {
                 if self.loops_stopped() {
                     return Ok(Turn::Stopped);
                 }
-                self.wait_for_events(session);
+                self.wait_for_events(session, self.policy.idle_read);
                 continue;
             }
+            let read_all = seqs.len() < self.policy.batch_size as usize;
             let acknowledged = match self.deliver(events)? {
                 Delivery::Acknowledged => {
                     backoff = Backoff::new(self.policy.retry_first, self.policy.retry_max);
@@ -304,6 +308,13 @@ impl BalancePublisher {
             };
             self.metrics.balance_events_published(acknowledged);
             published.extend_from_slice(&seqs[..acknowledged]);
+            if read_all && acknowledged == seqs.len() && !self.loops_stopped() {
+                // The read took all there was: wait a little for more before reading
+                // again, and delete these with that read (under load, one query per
+                // wake-up, not two; after a crash meanwhile the next publisher sends
+                // them again, in order).
+                self.wait_for_events(session, self.policy.delete_published_within);
+            }
             if self.loops_stopped() && acknowledged < seqs.len() {
                 // Stopping: forget what was acknowledged; the rest waits for a successor.
                 return match outbox::take_published_and_read_next(session, &published, 0) {
@@ -374,9 +385,9 @@ impl BalancePublisher {
     }
 
     /// Idle and publishing: returns when a loop of this instance committed events,
-    /// another instance's transaction notified this session, or a while has passed.
-    fn wait_for_events(&mut self, session: &mut PgConnection) {
-        let read_anyway_at = Instant::now() + self.policy.idle_read;
+    /// another instance's transaction notified this session, or `at_most` has passed.
+    fn wait_for_events(&mut self, session: &mut PgConnection, at_most: Duration) {
+        let read_anyway_at = Instant::now() + at_most;
         while !self.idle(self.policy.notification_poll) {
             // A broken session shows at the next read.
             if outbox::woken(session).unwrap_or(true) || Instant::now() >= read_anyway_at {

@@ -24,6 +24,7 @@ pub(crate) mod db;
 pub mod domain;
 pub(crate) mod kafka;
 pub mod logging;
+pub mod memory;
 pub mod ops;
 pub(crate) mod outbox;
 pub(crate) mod produce;

@@ -2,7 +2,7 @@ use clap::Parser;
 use open_bank_command_handler::config::{self, Config};
 use open_bank_command_handler::ops::check;
 use open_bank_command_handler::ops::health_check::{self, Probe};
-use open_bank_command_handler::{app, logging};
+use open_bank_command_handler::{app, logging, memory};
 
 /// Exit codes, as the README lists them.
 mod exit {
@@ -45,7 +45,7 @@ enum Command {
 }
 
 fn main() {
-    app::cap_malloc_arenas();
+    memory::cap_malloc_arenas();
     // --help, --version and wrong arguments (exit 2) are clap's.
     let command = Cli::parse().command.unwrap_or(Command::Run);
     if let Command::Health { probe } = command {

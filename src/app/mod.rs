@@ -120,6 +120,7 @@ impl App {
             let _ = http.dependencies.clients.set(clients);
         }
         info!("running");
+        crate::memory::give_back_free_memory();
         Ok(Some(Running {
             shutdown,
             loops,
@@ -218,20 +219,6 @@ fn join<T>(thread: JoinHandle<T>) -> T {
     thread
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Caps glibc's malloc arenas at two, unless `MALLOC_ARENA_MAX` says otherwise. By
-/// default glibc gives each of the ~20 threads (librdkafka's among them) that allocate
-/// at once an arena of its own; two cut the idle anonymous memory by about 0.7 MiB
-/// (one: 1 MiB) on a handler whose threads mostly wait (see the README's benchmark).
-pub fn cap_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called before any thread.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
 
 /// Logs why the handler stops and exits with `code`; used by `main`.

@@ -181,7 +181,10 @@ impl<K: CommandKind> CommandLoop<K> {
             let batch = self.poll_batch()?;
             if batch.is_empty() {
                 // Quiet: nothing comes behind what is in flight.
-                self.complete_in_flight()?;
+                if self.complete_in_flight()? > 0 {
+                    // After work: the batches' buffers are free now.
+                    crate::memory::give_back_free_memory();
+                }
                 continue;
             }
             stages.lap(Stage::Poll);

@@ -113,7 +113,6 @@ fn round_trips_on(stack: &Stack, topic: &str) -> Result<Vec<f64>, String> {
         .set("bootstrap.servers", stack.get("KAFKA_BROKERS"))
         .set("group.id", format!("bench-floor-{}", short_id()))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5") // as the bench's answer reader
         .create()
         .map_err(|e| e.to_string())?;
     // Assigned at the end before the first send, so no record is missed or read twice.

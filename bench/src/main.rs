@@ -11,7 +11,7 @@
 //! transaction on the same stack, of which latencies are also given as multiples.
 //!
 //!   open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick]
-//!                   [--baseline PATH] [--variants NAME,NAME...]
+//!                   [--baseline PATH] [--variants NAME,NAME...] [--steps RATE,RATE...]
 //!
 //! `--baseline PATH` measures another build (say, the last release) as shipped, side by
 //! side with this one, and the report gives this build's figures as ratios of it.
@@ -140,6 +140,9 @@ struct Args {
     baseline: Option<PathBuf>,
     /// Only these variants (all when empty).
     only: Vec<String>,
+    /// Only these load steps, commands per second, in every variant (each variant's own
+    /// when empty): a side-by-side comparison of a few rates at full step length.
+    steps: Vec<u32>,
     /// The scaling runs instead of the variants.
     scaling: bool,
     /// The scaling runs' load, commands per second (default 300, quick 100); the
@@ -165,6 +168,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut baseline, mut only, mut scaling, mut rate) = (None, Vec::new(), false, None);
     let (mut disruptions, mut scenarios, mut handler_env) = (false, Vec::new(), Vec::new());
     let (mut compare, mut crash_instances, mut append) = (false, 3, false);
+    let mut steps = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
@@ -187,6 +191,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
             "--variants" => only = value()?.split(',').map(str::to_string).collect(),
+            "--steps" => {
+                steps = value()?
+                    .split(',')
+                    .map(|rate| {
+                        rate.parse()
+                            .map_err(|_| "--steps takes commands per second, comma-separated")
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             "--disruptions" => disruptions = true,
             "--scenarios" => {
                 scenarios = value()?
@@ -226,6 +239,7 @@ fn parse_args() -> Result<Args, String> {
         },
         baseline,
         only,
+        steps,
         scaling,
         rate,
         disruptions,
@@ -258,7 +272,7 @@ fn main() {
         return;
     }
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...] [--scaling] [--disruptions [--scenarios NAME,...] [--handler-env K=V]... [--compare] [--crash-instances N] [--append]]");
+        eprintln!("open-bank-bench: {e}\nusage: open-bank-bench --stack-env FILE --handler PATH --out DIR [--quick] [--step-seconds N] [--baseline PATH] [--variants NAME,...] [--steps RATE,...] [--scaling] [--disruptions [--scenarios NAME,...] [--handler-env K=V]... [--compare] [--crash-instances N] [--append]]");
         std::process::exit(2)
     });
     let stack = client::Stack::read(&args.stack_env);
@@ -307,6 +321,11 @@ fn main() {
         .into_iter()
         .filter(|v| args.only.is_empty() || args.only.iter().any(|name| name == v.name))
         .collect();
+    if !args.steps.is_empty() {
+        for variant in &mut chosen {
+            variant.steps = args.steps.clone();
+        }
+    }
     // In the order asked for: the first variant runs on a broker just started, which
     // may still be busy (its idle CPU shows it), so swapping the order tells the two apart.
     chosen.sort_by_key(|v| args.only.iter().position(|name| name == v.name));
@@ -319,6 +338,10 @@ fn main() {
     eprintln!("report written to {}", args.out.join("report.md").display());
 }
 
+/// The load every variant gets before its measured steps.
+const WARM_UP_RATE: u32 = 500;
+const WARM_UP: Duration = Duration::from_secs(10);
+
 fn run_variant(stack: &client::Stack, args: &Args, variant: &Variant) -> VariantResult {
     let binary = variant.binary.as_ref().unwrap_or(&args.handler);
     let mut bench = workload::Bench::setup(stack, binary, &args.out, variant);
@@ -328,6 +351,15 @@ fn run_variant(stack: &client::Stack, args: &Args, variant: &Variant) -> Variant
     (result.idle, result.idle_cpu) = (idle.usage, idle.cpu);
     result.idle_memory = bench.memory_breakdown();
     eprintln!("   idle: rss {:.1} MiB", result.idle.rss_mib_avg);
+    // Not measured: the broker's JVM compiles its produce and fetch paths under the
+    // first load it sees, which otherwise falls on the first variant's first steps
+    // (the broker then took three times the CPU at 100/s as for the second variant).
+    let warm_up = bench.step(WARM_UP_RATE, WARM_UP);
+    eprintln!(
+        "   warm-up: {WARM_UP_RATE}/s for {} s (not measured), p99 {:.1} ms",
+        WARM_UP.as_secs(),
+        warm_up.p99_ms
+    );
     for &rate in &variant.steps {
         let step = bench.step(rate, Duration::from_secs(args.step_seconds));
         eprintln!(

@@ -73,7 +73,7 @@ impl Report {
         let _ = writeln!(md, "# Command handler benchmark\n");
         let _ = writeln!(
             md,
-            "{} {} s per load step. {}.\n",
+            "{} {} s per load step, after an unmeasured warm-up of 10 s at 500/s per variant (idle memory is read before it). {}.\n",
             m.note(),
             m.step_seconds,
             m.date

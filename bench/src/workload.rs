@@ -225,9 +225,13 @@ impl<'a> Bench<'a> {
                 self.sent.insert(transfer.id, transfer);
                 sent += 1;
             }
-            // Read answers meanwhile, so their receive times are exact.
-            self.answers
-                .take(Some(&mut histogram), Duration::from_micros(500));
+            // Read answers until the next command is due (the reader thread timed each
+            // as it came), rather than waking every half millisecond to look.
+            let next_due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+            self.answers.take(
+                Some(&mut histogram),
+                next_due.saturating_duration_since(Instant::now()),
+            );
         }
         let sending_ended = Instant::now();
         self.answers

@@ -628,6 +628,10 @@ pub struct TestEnv {
     answer_positions: HashMap<Uuid, Vec<usize>>,
     last_read_error: Option<String>,
     read_errors: usize,
+    /// A read failed and none succeeded since.
+    reading_fails: bool,
+    /// When the test's clients were last given the brokers again.
+    rebootstrapped_at: Option<Instant>,
     command_schema_ids: HashMap<&'static str, u32>,
 }
 
@@ -716,6 +720,8 @@ impl TestEnv {
             answer_positions: HashMap::new(),
             last_read_error: None,
             read_errors: 0,
+            reading_fails: false,
+            rebootstrapped_at: None,
             command_schema_ids: HashMap::new(),
         };
         env.command_schema_ids.insert(
@@ -1037,6 +1043,7 @@ impl TestEnv {
     /// Waits up to `timeout` for one record, then reads, without waiting, whatever else
     /// is there (up to a bound, so that the caller's checks and deadline still run).
     fn read_available(&mut self, timeout: Duration) {
+        self.rebootstrap_while_reading_fails();
         if !self.poll_outputs(timeout) {
             return;
         }
@@ -1074,6 +1081,35 @@ impl TestEnv {
     }
 
     /// Reads one record, if one comes within `timeout`; false if none came.
+    /// While reading fails, gives the test's own clients the brokers again every 5 s:
+    /// librdkafka 2.12 forgets every broker it knows on a Metadata response listing
+    /// none, which a broker thawed after a freeze gives while it is fenced
+    /// (librdkafka#5301), and then never connects again (seen once in CI: the handler,
+    /// whose prober does the same, answered; the test's reader never read it).
+    fn rebootstrap_while_reading_fails(&mut self) {
+        if !self.reading_fails
+            || self
+                .rebootstrapped_at
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.rebootstrapped_at = Some(Instant::now());
+        let brokers = std::ffi::CString::new(self.stack.brokers.as_str()).unwrap();
+        // SAFETY: live clients and a NUL-terminated list that lives for the calls,
+        // which copy it.
+        unsafe {
+            rdkafka::bindings::rd_kafka_brokers_add(
+                self.collector.client().native_ptr(),
+                brokers.as_ptr(),
+            );
+            rdkafka::bindings::rd_kafka_brokers_add(
+                self.producer.client().native_ptr(),
+                brokers.as_ptr(),
+            );
+        }
+    }
+
     fn poll_outputs(&mut self, timeout: Duration) -> bool {
         let Some(result) = self.collector.poll(timeout) else {
             return false;
@@ -1084,9 +1120,11 @@ impl TestEnv {
             Err(error) => {
                 self.read_errors += 1;
                 self.last_read_error = Some(error.to_string());
+                self.reading_fails = true;
                 return false;
             }
         };
+        self.reading_fails = false;
         let headers = message
             .headers()
             .map(|h| {

@@ -11,11 +11,13 @@ pub(crate) mod schema;
 pub(crate) mod test_database;
 pub(crate) mod transfers;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::result::{DatabaseErrorKind, Error as QueryError};
+use scheduled_thread_pool::ScheduledThreadPool;
 
 /// Why the database did not do what was asked, and so what the caller does next.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,7 @@ pub(crate) type Connection = diesel::r2d2::PooledConnection<ConnectionManager<Pg
 pub struct Database {
     pool: PgPool,
     /// For sessions of their own ([`Database::session`]); holds the password.
-    url: std::sync::Arc<str>,
+    url: Arc<str>,
     password: Option<String>,
 }
 
@@ -87,6 +89,14 @@ impl Database {
             // fails its batch's first query, which is retried (a transient failure) on a
             // fresh connection, since r2d2 drops a broken one when it comes back.
             .test_on_check_out(false)
+            // One thread opens connections and reaps idle ones, not r2d2's three: the
+            // pool is small and a connection opens in milliseconds.
+            .thread_pool(Arc::new(
+                ScheduledThreadPool::builder()
+                    .num_threads(1)
+                    .thread_name_pattern("r2d2-worker-{}")
+                    .build(),
+            ))
             .connection_timeout(Duration::from_secs(5))
             .error_handler(Box::new(ScrubbedErrors {
                 password: password.clone(),

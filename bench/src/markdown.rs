@@ -73,9 +73,11 @@ impl Report {
         let _ = writeln!(md, "# Command handler benchmark\n");
         let _ = writeln!(
             md,
-            "{} {} s per load step, after an unmeasured warm-up of 10 s at 500/s per variant (idle memory is read before it). {}.\n",
+            "{} {} s per load step, after an unmeasured warm-up of {} s at {}/s per variant (idle memory is read before it). {}.\n",
             m.note(),
             m.step_seconds,
+            crate::WARM_UP.as_secs(),
+            crate::WARM_UP_RATE,
             m.date
         );
         let _ = writeln!(

@@ -136,6 +136,12 @@ pub(super) fn kafka_properties(
                 ),
             });
         }
+        if let Err(problem) = librdkafka_accepts(&name, value) {
+            return Err(ConfigError {
+                variable: variable.clone(),
+                problem,
+            });
+        }
         properties.push(KafkaProperty {
             scope,
             name,
@@ -144,4 +150,20 @@ pub(super) fn kafka_properties(
     }
     properties.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(properties)
+}
+
+/// Whether librdkafka knows the property and takes the value, asked of a configuration
+/// of its own: a misspelt variable stops start-up at once rather than every client's
+/// creation failing later. The value is kept out of the reason (it may be a password).
+fn librdkafka_accepts(name: &str, value: &str) -> Result<(), String> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set(name, value);
+    match config.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, why, _, _)) => Err(format!(
+            "librdkafka refuses it: {}",
+            why.replace(&format!("\"{value}\""), "(the value given)")
+        )),
+        Err(other) => Err(format!("librdkafka refuses it: {other}")),
+    }
 }

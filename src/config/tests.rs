@@ -353,6 +353,34 @@ fn librdkafka_properties_pass_through_by_scope() {
 }
 
 #[test]
+fn a_property_librdkafka_refuses_stops_start_up_without_its_value() {
+    for (variable, value, reason) in [
+        // Misspelt (librdkafka's is log_level, which no variable can spell).
+        (
+            "RDKAFKA_LOG_LEVEL",
+            "Hidden-31337",
+            "No such configuration property",
+        ),
+        (
+            "RDKAFKA_CONSUMER_SESSION_TIMEOUT_MS",
+            "Hidden-31337",
+            "Invalid value",
+        ),
+        // librdkafka's reason quotes a value it does not take from a list.
+        (
+            "RDKAFKA_PRODUCER_COMPRESSION_TYPE",
+            "Hidden-31337",
+            "Invalid value",
+        ),
+    ] {
+        let error = parse(&[(variable, value)]).unwrap_err();
+        assert_eq!(error.variable, variable);
+        assert!(error.problem.contains(reason), "{}", error.problem);
+        assert!(!error.problem.contains(value), "{}", error.problem);
+    }
+}
+
+#[test]
 fn secrets_never_print() {
     let config = parse(&[
         ("DB_PASSWORD", "hunter2"),

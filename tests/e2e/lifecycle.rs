@@ -1,6 +1,8 @@
 //! Start-up, configuration and shutdown.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use diesel::{RunQueryDsl, connection::SimpleConnection};
 use uuid::Uuid;
@@ -112,8 +114,10 @@ fn starts_on_a_database_the_jvm_handler_filled() {
 
 #[test]
 fn invalid_configuration_stops_start_up_naming_the_variable() {
-    let cases: [(&str, &[(&str, &str)]); 4] = [
+    let cases: [(&str, &[(&str, &str)]); 5] = [
         ("DB_PORT", &[("DB_PORT", "fifty")]),
+        // A property librdkafka does not have (its log_level no variable can spell).
+        ("RDKAFKA_LOG_LEVEL", &[("RDKAFKA_LOG_LEVEL", "7")]),
         ("LOG_FORMAT", &[("LOG_FORMAT", "xml")]),
         (
             "KAFKA_MTF_TOPIC",
@@ -129,17 +133,37 @@ fn invalid_configuration_stops_start_up_naming_the_variable() {
         ),
     ];
     for (variable, vars) in cases {
-        let output = Command::new(Handler::binary())
+        let mut handler = Command::new(Handler::binary())
             .env_clear()
             .envs(vars.iter().copied())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A handler that takes the configuration waits for its dependencies for good.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = handler.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                handler.kill().unwrap();
+                panic!("{vars:?} did not stop start-up within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        handler
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
             .unwrap();
         assert_eq!(
-            output.status.code(),
+            status.code(),
             Some(78),
             "{vars:?} must stop start-up as invalid configuration"
         );
-        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains(&format!("invalid configuration: {variable}:")),
             "{variable}: {stderr}"

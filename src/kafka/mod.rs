@@ -33,7 +33,7 @@ pub fn client_config(config: &Config) -> ClientConfig {
         // to this (the default: 1 s): once a broker failed over, clients find the new
         // leader within a quarter of a second rather than a second.
         .set("retry.backoff.max.ms", "250")
-        .set_log_level(RDKafkaLogLevel::Warning);
+        .set_log_level(librdkafka_log_level(config));
     // SASL always goes over TLS: passwords and balances never cross the network in clear.
     let protocol = match (&config.sasl, &config.tls) {
         (Some(_), _) => "sasl_ssl",
@@ -99,6 +99,16 @@ fn transient(facility: &str, message: &str) -> bool {
     TRANSIENT_NOTICES
         .iter()
         .any(|(fac, words)| facility == *fac && message.contains(words))
+}
+
+/// The level librdkafka filters its own lines by: warnings, unless `RDKAFKA_DEBUG`
+/// (or its consumer or producer form) asks for its debug lines, which would otherwise
+/// be dropped before they reach the log (at debug, target `librdkafka`).
+fn librdkafka_log_level(config: &Config) -> RDKafkaLogLevel {
+    match config.kafka_properties.iter().any(|p| p.name == "debug") {
+        true => RDKafkaLogLevel::Debug,
+        false => RDKafkaLogLevel::Warning,
+    }
 }
 
 /// What every client context does with librdkafka's log lines: its own level, except

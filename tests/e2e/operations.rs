@@ -11,6 +11,21 @@ const HTTP: [(&str, &str); 3] = [
     ("RDKAFKA_CONSUMER_STATISTICS_INTERVAL_MS", "500"),
 ];
 
+/// `RDKAFKA_*_DEBUG` brings librdkafka's debug lines to the log (with `librdkafka=debug`
+/// in `RUST_LOG`), after the clients are made too: the group joining is one.
+#[test]
+fn rdkafka_debug_brings_librdkafka_debug_lines_to_the_log() {
+    let mut env = TestEnv::with_partitions("rdkafka_debug", 1);
+    let handler = env.start_handler(&[
+        ("RDKAFKA_CONSUMER_DEBUG", "cgrp"),
+        (
+            "RUST_LOG",
+            "warn,open_bank_command_handler=info,librdkafka=debug",
+        ),
+    ]);
+    env.handler(handler).wait_for_log("changed join state");
+}
+
 #[test]
 fn health_and_metrics_are_served_and_move_with_the_work() {
     let mut env = TestEnv::with_partitions("http", 1);

@@ -118,30 +118,23 @@ pub(super) fn kafka_properties(
             (ClientScope::All, rest)
         };
         let name = rest.to_ascii_lowercase().replace('_', ".");
+        let refused = |problem: String| ConfigError {
+            variable: variable.clone(),
+            problem,
+        };
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.')
         {
-            return Err(ConfigError {
-                variable: variable.clone(),
-                problem: "is not a librdkafka property name".into(),
-            });
+            return Err(refused("is not a librdkafka property name".into()));
         }
         if RESERVED_PROPERTIES.contains(&name.as_str()) {
-            return Err(ConfigError {
-                variable: variable.clone(),
-                problem: format!(
-                    "{name} cannot be overridden: the handler's delivery guarantee or another variable sets it"
-                ),
-            });
+            return Err(refused(format!(
+                "{name} cannot be overridden: the handler's delivery guarantee or another variable sets it"
+            )));
         }
-        if let Err(problem) = librdkafka_accepts(&name, value) {
-            return Err(ConfigError {
-                variable: variable.clone(),
-                problem,
-            });
-        }
+        librdkafka_accepts(&name, value).map_err(refused)?;
         properties.push(KafkaProperty {
             scope,
             name,

@@ -1497,6 +1497,13 @@ impl Handler {
     }
 }
 
+/// A handler the test did not stop (it failed first) does not outlive it.
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// An HTTP response as a test sees it.
 pub struct HttpReply {
     pub status: u16,

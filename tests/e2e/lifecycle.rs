@@ -1,8 +1,7 @@
 //! Start-up, configuration and shutdown.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use diesel::{RunQueryDsl, connection::SimpleConnection};
 use uuid::Uuid;
@@ -133,40 +132,22 @@ fn invalid_configuration_stops_start_up_naming_the_variable() {
         ),
     ];
     for (variable, vars) in cases {
-        let mut handler = Command::new(Handler::binary())
-            .env_clear()
-            .envs(vars.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut handler = Handler::start(&format!("invalid-configuration-{variable}"), &vars);
         // A handler that takes the configuration waits for its dependencies for good.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = handler.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                handler.kill().unwrap();
-                panic!("{vars:?} did not stop start-up within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        handler
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let status = handler.wait_exit(Duration::from_secs(30));
+        let output = handler.log();
         assert_eq!(
             status.code(),
             Some(78),
             "{vars:?} must stop start-up as invalid configuration"
         );
         assert!(
-            stderr.contains(&format!("invalid configuration: {variable}:")),
-            "{variable}: {stderr}"
+            output.contains(&format!("invalid configuration: {variable}:")),
+            "{variable}: {output}"
         );
     }
 }
